@@ -1,0 +1,76 @@
+"""Tests of the AlignPS optimizer groups and schedule against hand values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ps_jax.train import optim
+
+
+def _params():
+  return {
+      "backbone": {"stem_conv": {"kernel": jnp.ones((3, 3, 3, 4))},
+                   "stage1": {"conv": {"kernel": jnp.ones((1, 1, 4, 4))}}},
+      "head": {"conv": {"kernel": jnp.ones((3, 3, 4, 4)),
+                        "bias": jnp.ones((4,))},
+               "GroupNorm_0": {"scale": jnp.ones((4,)), "bias": jnp.ones((4,))}},
+  }
+
+
+def _frozen(names):
+  return names[0] == "backbone" and names[1] in ("stem_conv", "stage1")
+
+
+def test_param_labels():
+  labels = optim.param_labels(_params(), _frozen)
+  assert labels["backbone"]["stem_conv"]["kernel"] == optim.FROZEN
+  assert labels["backbone"]["stage1"]["conv"]["kernel"] == optim.FROZEN
+  assert labels["head"]["conv"]["kernel"] == optim.WEIGHT
+  assert labels["head"]["conv"]["bias"] == optim.BIAS
+  assert labels["head"]["GroupNorm_0"]["scale"] == optim.NORM
+  assert labels["head"]["GroupNorm_0"]["bias"] == optim.NORM
+
+
+@pytest.mark.parametrize("t,expected", [
+    (0, 1 / 3), (250, 1 - 0.5 * (2 / 3)), (499, 1 - (1 / 500) * (2 / 3)),
+    (500, 1.0), (999, 1.0), (1000, 0.1), (1499, 0.1), (1500, 0.01),
+    (10_000, 0.01)])
+def test_step_schedule_matches_mmdet_linear_warmup(t, expected):
+  sched = optim.step_schedule(0.01, warmup_steps=500, warmup_ratio=1 / 3,
+                              decay_steps=(1000, 1500), decay_factor=0.1)
+  np.testing.assert_allclose(float(sched(t)), 0.01 * expected, rtol=1e-6)
+
+
+def test_sgd_groups_one_step_by_hand():
+  params = _params()
+  lr, wd = 0.1, 0.01
+  tx, _ = optim.make_optimizer(params, lr=lr, momentum=0.9, weight_decay=wd,
+                               bias_lr_mult=2.0, warmup_steps=0,
+                               clip_norm=None, is_frozen=_frozen)
+  grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Frozen: nothing at all, not even weight decay.
+  assert float(jnp.abs(updates["backbone"]["stem_conv"]["kernel"]).max()) == 0
+  # Weights: -lr * (g + wd * p) on the first momentum step.
+  np.testing.assert_allclose(updates["head"]["conv"]["kernel"],
+                             -lr * (0.5 + wd * 1.0), rtol=1e-6)
+  # Conv bias: 2x lr, no decay.
+  np.testing.assert_allclose(updates["head"]["conv"]["bias"], -2 * lr * 0.5,
+                             rtol=1e-6)
+  # Norm parameters: lr, no decay.
+  np.testing.assert_allclose(updates["head"]["GroupNorm_0"]["scale"],
+                             -lr * 0.5, rtol=1e-6)
+
+
+def test_clipping_ignores_frozen_gradients():
+  params = _params()
+  tx, _ = optim.make_optimizer(params, lr=1.0, momentum=0.0, weight_decay=0.0,
+                               bias_lr_mult=1.0, warmup_steps=0, clip_norm=1.0,
+                               is_frozen=_frozen)
+  grads = jax.tree.map(jnp.zeros_like, params)
+  grads["backbone"]["stem_conv"]["kernel"] += 100.0  # frozen: must not count
+  grads["head"]["conv"]["bias"] = jnp.array([0.3, 0.0, 0.0, 0.4])  # norm 0.5
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["head"]["conv"]["bias"],
+                             [-0.3, 0, 0, -0.4], rtol=1e-6)
