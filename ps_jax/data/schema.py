@@ -21,6 +21,12 @@ and its annotations with the same fields as a scene, plus
               split). Datasets with a PRW-style protocol (the gallery is every
               test image but the query's own) have no gallery features.
 
+TFDS stores one feature set per builder, so a builder with a `query` split
+declares `query_features(gallery_sizes)` for every split; its scene examples
+go through `not_a_query`, which fills `query_pid` -1, an all-zero
+`query_bbox` and empty `gallery_<n>` lists. Readers of scene splits ignore
+those keys. `scene_features()` is for builders without a query split.
+
 Identity ids in `train` are contiguous 0..K-1 where K = `num_train_ids` in the
 builder's metadata (`builder.info.metadata["num_train_ids"]`), so a pid indexes
 a row of the OIM lookup table directly. Test ids are whatever the dataset uses
@@ -178,6 +184,22 @@ def query_example(scene: Mapping[str, Any], query_box_xyxy: Sequence[float],
     if scene["image_id"] in ids:
       raise SchemaError(f"{where}: gallery_{n} contains the query image")
     ex[f"gallery_{int(n)}"] = ids
+  return ex
+
+
+def not_a_query(scene: Mapping[str, Any], gallery_sizes: Sequence[int] = ()
+                ) -> dict[str, Any]:
+  """A scene example completed with the query features' "no query" values.
+
+  For the scene splits of a builder whose features are `query_features`:
+  `query_pid` -1, an all-zero `query_bbox` and an empty `gallery_<n>` list
+  for every n in `gallery_sizes`.
+  """
+  ex = dict(scene)
+  ex["query_bbox"] = tfds.features.BBox(0.0, 0.0, 0.0, 0.0)
+  ex["query_pid"] = UNLABELED_PID
+  for n in gallery_sizes:
+    ex[f"gallery_{int(n)}"] = []
   return ex
 
 
