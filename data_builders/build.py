@@ -37,6 +37,9 @@ FILE_FORMAT = "array_record"
 # name -> builder class (see the module docstring). One line per builder.
 BUILDERS: dict[str, str] = {
     "synthetic_person_search": "SyntheticPersonSearch",
+    "cuhk_sysu": "Builder",
+    "prw": "Builder",
+    "market1501": "Builder",
 }
 
 
