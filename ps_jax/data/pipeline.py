@@ -1,0 +1,406 @@
+"""Training and evaluation input pipelines: data source -> host numpy batches.
+
+Both read a random-access data source (a TFDS ArrayRecord data source, or any
+sequence of records in the schema.py scene format) with Grain and apply the
+ops of `augment.py` in this order: decode -> resize to the batch's bucket ->
+drop degenerate boxes -> (train: horizontal flip) -> normalize -> pad.
+
+Training batch (`train_iterator`), all numpy, B = the per-process batch size:
+  image        f32[B, H, W, 3]  normalized; (H, W) = the batch's padded bucket.
+  boxes_xyxy   f32[B, N, 4]     absolute pixels of the network input.
+  pids         i32[B, N]        >= 0 labeled, -1 unlabeled (and padding).
+  boxes_valid  bool[B, N]       False for padding slots.
+  image_hw     i32[B, 2]        (height, width) of the resized image content.
+  orig_hw      i32[B, 2]        (height, width) of the original image.
+  scale        f32[B]           resized px / original px (augment.fit_scale).
+  index        i32[B]           record index in the data source.
+N = max_boxes. Boxes were scaled per axis by image_hw / orig_hw (exactly as
+mmdet), so the exact map back to original pixels is x * orig_w / image_w,
+y * orig_h / image_h; dividing by `scale` agrees to within half a network
+pixel.
+
+Evaluation batches (`eval_batches`) have the same keys plus
+  example_valid  bool[B]   False for the padding examples of the last batch.
+  image_id       str[B]    numpy unicode array; "" for padding (host only).
+Padding examples have zero images, no valid boxes, orig_hw = image_hw = 0,
+scale = 1 and index = -1.
+
+Scale buckets and static shapes. Every image of a training batch is resized
+into the same bucket, so a batch has one static shape and each bucket compiles
+once. The bucket of batch number k (counted from the start of training in
+this process's stream) is drawn from (seed, k) alone, so every process picks
+the same bucket for the same global step, and a resumed iterator picks the
+same buckets as an uninterrupted one. Shuffling (per-epoch reshuffled) and
+flips are seeded from `seed` too: the same seed gives the same batches.
+
+Multi-process: process p of n reads records p, p + n, p + 2n, ... of the
+source (Grain `ds[p::n]`) and shuffles its own shard; all processes must use
+the same seed. Shards differ in size by at most one record, so epochs end at
+slightly different steps on different processes; training is step-based.
+
+The training iterator is a `grain.DatasetIterator`: `get_state()` /
+`set_state()` and `grain.checkpoint.CheckpointSave/Restore` (orbax) resume it
+exactly. With `num_workers > 0`, decoding runs in that many spawned worker
+processes (Grain `mp_prefetch`); outside `absl.app.run` mark absl flags parsed
+first (`flags.FLAGS.mark_as_parsed()`, see stack-notes GOTCHA 3).
+
+Bad input: a record whose image cannot be decoded or that has more people
+than `max_boxes` raises ValueError naming the image_id (and the setting);
+degenerate boxes are dropped and counted (`augment.dropped_box_count`); an
+image without people is kept with all `boxes_valid` False. To have the image
+id in decode errors, open TFDS sources with `data_source()`, which leaves the
+JPEG undecoded for this module to decode (TFDS would otherwise fail inside its
+own decoder, before the image id is known).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from ps_jax.data import augment
+
+TRAIN_KEYS = ("image", "boxes_xyxy", "pids", "boxes_valid", "image_hw",
+              "orig_hw", "scale", "index")
+EVAL_KEYS = TRAIN_KEYS + ("example_valid", "image_id")
+
+# Salt that separates the bucket stream from the other uses of the seed.
+_BUCKET_SALT = 0x6275636B
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """Settings of the input pipeline (the keys of a config's `data` section).
+
+  Attributes:
+    batch_size: examples per training batch *in this process*. (The config
+      section's `batch_size` is global; the train loop passes
+      `batch_size=global // process_count` as an override.)
+    train_scales: (H, W) buckets for training, pixels; one drawn per batch.
+    test_scale: the (H, W) bucket for evaluation.
+    max_boxes: N, padded boxes per image.
+    eval_batch_size: examples per evaluation batch in this process; 0 means
+      `batch_size`.
+    flip_prob: probability of a horizontal flip (training only).
+    normalization: "caffe_bgr" or "imagenet_rgb" (augment.normalize).
+    size_divisor: buckets are padded up to a multiple of this (mmdet Pad).
+    min_box_size: boxes with width or height <= this many network pixels
+      after resizing are dropped and counted.
+    shuffle_seed: the seed used when `train_iterator` gets seed=None.
+    num_workers: Grain worker processes; 0 decodes in this process.
+    num_threads: threads of Grain's in-process reader (per worker).
+    prefetch: batches buffered ahead (per worker / by the reader).
+  """
+  batch_size: int
+  train_scales: tuple[tuple[int, int], ...]
+  test_scale: tuple[int, int]
+  max_boxes: int
+  eval_batch_size: int = 0
+  flip_prob: float = 0.5
+  normalization: str = "caffe_bgr"
+  size_divisor: int = 32
+  min_box_size: float = 0.0
+  shuffle_seed: int = 0
+  num_workers: int = 0
+  num_threads: int = 2
+  prefetch: int = 2
+
+  def __post_init__(self):
+    scales = tuple(_hw_pair(s, "train_scales") for s in self.train_scales)
+    if not scales:
+      raise ValueError("train_scales is empty; expected at least one (H, W)")
+    object.__setattr__(self, "train_scales", scales)
+    object.__setattr__(self, "test_scale",
+                       _hw_pair(self.test_scale, "test_scale"))
+    for name in ("batch_size", "max_boxes", "size_divisor", "num_threads",
+                 "prefetch"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")
+    for name in ("eval_batch_size", "num_workers"):
+      if int(getattr(self, name)) < 0:
+        raise ValueError(f"{name}={getattr(self, name)}; expected >= 0")
+    if not 0.0 <= self.flip_prob <= 1.0:
+      raise ValueError(f"flip_prob={self.flip_prob}; expected in [0, 1]")
+    if self.normalization not in augment.NORMALIZATIONS:
+      raise ValueError(f"normalization={self.normalization!r}; expected one "
+                       f"of {augment.NORMALIZATIONS}")
+
+  @classmethod
+  def from_config(cls, cfg: "PipelineConfig | Mapping[str, Any]",
+                  **overrides: Any) -> "PipelineConfig":
+    """From a PipelineConfig or a mapping / ConfigDict with the field names.
+
+    Raises ValueError on a key that is not a field, so that a misspelt
+    setting fails instead of being ignored.
+    """
+    if isinstance(cfg, PipelineConfig):
+      values = dataclasses.asdict(cfg)
+    else:
+      values = dict(cfg.items())
+    values.update(overrides)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(f"unknown input pipeline setting(s) {unknown}; "
+                       f"known: {sorted(names)}")
+    return cls(**values)
+
+  @property
+  def per_process_eval_batch_size(self) -> int:
+    return self.eval_batch_size or self.batch_size
+
+
+def _hw_pair(value: Any, name: str) -> tuple[int, int]:
+  try:
+    h, w = (int(v) for v in value)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name}: {value!r} is not an (H, W) pair") from e
+  if h < 1 or w < 1:
+    raise ValueError(f"{name}: {value!r} has a non-positive side")
+  return h, w
+
+
+def data_source(builder: Any, split: str) -> Sequence[Mapping[str, Any]]:
+  """A TFDS builder's random-access source for `split`, JPEGs undecoded.
+
+  The pipeline decodes the image itself (and names the image id if that
+  fails); records are otherwise as TFDS returns them.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return builder.as_data_source(
+      split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def bucket_index(seed: int, batch_index: int, num_buckets: int) -> int:
+  """The bucket of training batch `batch_index`: uniform, from (seed, k)."""
+  if num_buckets == 1:
+    return 0
+  rng = np.random.default_rng([_BUCKET_SALT, int(seed) % 2**32,
+                               int(batch_index)])
+  return int(rng.integers(num_buckets))
+
+
+def _read(source: Sequence[Mapping[str, Any]], record: int) -> Mapping:
+  try:
+    return source[record]
+  except Exception as e:  # the source's own error, with where it happened
+    raise ValueError(f"record {record} of the data source could not be read "
+                     f"({type(e).__name__}: {e})") from e
+
+
+def _batch_features(ex: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  return {
+      "image": ex["image"],
+      "boxes_xyxy": ex["boxes_xyxy"],
+      "pids": ex["pids"],
+      "boxes_valid": ex["boxes_valid"],
+      "image_hw": ex["image_hw"],
+      "orig_hw": ex["orig_hw"],
+      "scale": np.float32(ex["scale"]),
+      "index": np.int32(ex["index"]),
+  }
+
+
+class _TrainExample:
+  """(stream position, record index) -> one preprocessed training example.
+
+  A module-level class, so Grain can pickle it into worker processes.
+  """
+
+  def __init__(self, source, cfg: PipelineConfig, seed: int,
+               process_index: int):
+    self._source = source
+    self._cfg = cfg
+    self._seed = seed
+    self._process_index = process_index
+
+  def __call__(self, position: int, record: int) -> dict[str, np.ndarray]:
+    cfg = self._cfg
+    batch = position // cfg.batch_size
+    bucket = cfg.train_scales[
+        bucket_index(self._seed, batch, len(cfg.train_scales))]
+    rng = np.random.default_rng(
+        [int(self._seed) % 2**32, self._process_index, position])
+    ex = augment.decode(_read(self._source, record), record)
+    for op in (
+        functools.partial(augment.resize_to_bucket, bucket_hw=bucket),
+        functools.partial(augment.drop_degenerate_boxes,
+                          min_size=cfg.min_box_size),
+        functools.partial(augment.hflip, prob=cfg.flip_prob),
+        functools.partial(augment.normalize, mode=cfg.normalization),
+        functools.partial(augment.pad_to, max_boxes=cfg.max_boxes,
+                          canvas_hw=augment.padded_size(bucket,
+                                                        cfg.size_divisor)),
+    ):
+      ex = op(ex, rng)
+    return _batch_features(ex)
+
+
+def _process(process_index: int | None, process_count: int | None
+             ) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = (jax.process_index() if process_index is None
+                     else process_index)
+    process_count = (jax.process_count() if process_count is None
+                     else process_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in "
+                     f"[0, process_count={process_count})")
+  return process_index, process_count
+
+
+def _to_iter(ds: grain.MapDataset, cfg: PipelineConfig) -> grain.IterDataset:
+  # Grain's default reader holds 500 elements; our elements are whole batches
+  # of large images, so the buffer is bounded by the config.
+  it = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=cfg.num_threads,
+      prefetch_buffer_size=max(cfg.prefetch, cfg.num_threads)))
+  if cfg.num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch))
+  return it
+
+
+def train_dataset(source: Sequence[Mapping[str, Any]],
+                  cfg: PipelineConfig | Mapping[str, Any],
+                  seed: int | None = None, *,
+                  process_index: int | None = None,
+                  process_count: int | None = None,
+                  **overrides: Any) -> grain.IterDataset:
+  """The infinite training dataset of this process (see `train_iterator`)."""
+  cfg = PipelineConfig.from_config(cfg, **overrides)
+  seed = cfg.shuffle_seed if seed is None else int(seed)
+  pi, pc = _process(process_index, process_count)
+  n = len(source)
+  if n == 0:
+    raise ValueError("the training data source is empty")
+  if n < pc:
+    raise ValueError(f"the data source has {n} records, fewer than the "
+                     f"{pc} processes reading it")
+  ds = (grain.MapDataset.range(n)[pi::pc]
+        .shuffle(seed=seed % 2**32)
+        .repeat(None)
+        .map_with_index(_TrainExample(source, cfg, seed, pi))
+        .batch(cfg.batch_size, drop_remainder=True))
+  return _to_iter(ds, cfg)
+
+
+def train_iterator(source: Sequence[Mapping[str, Any]],
+                   cfg: PipelineConfig | Mapping[str, Any],
+                   seed: int | None = None, *,
+                   process_index: int | None = None,
+                   process_count: int | None = None,
+                   **overrides: Any) -> grain.DatasetIterator:
+  """An endless, checkpointable iterator over training batches.
+
+  Args:
+    source: random-access records in the schema.py scene format (a TFDS
+      ArrayRecord data source, ideally from `data_source`, or a list).
+    cfg: a PipelineConfig, or a config `data` section with its field names.
+    seed: seeds shuffling, buckets and flips; None uses `cfg.shuffle_seed`.
+      Must be the same in every process.
+    process_index, process_count: this process's shard; default
+      jax.process_index() / jax.process_count().
+    **overrides: PipelineConfig fields replacing those of `cfg`
+      (e.g. batch_size=global_batch // process_count).
+
+  Returns:
+    A grain.DatasetIterator of batch dicts (module docstring, TRAIN_KEYS).
+  """
+  return iter(train_dataset(source, cfg, seed, process_index=process_index,
+                            process_count=process_count, **overrides))
+
+
+class _EvalExample:
+  """Position in this process's padded eval stream -> one example."""
+
+  def __init__(self, source, cfg: PipelineConfig, records: Sequence[int]):
+    self._source = source
+    self._cfg = cfg
+    self._records = list(records)
+
+  def __call__(self, position: int) -> dict[str, np.ndarray]:
+    cfg = self._cfg
+    canvas = augment.padded_size(cfg.test_scale, cfg.size_divisor)
+    if position >= len(self._records):
+      return _padding_example(canvas, cfg.max_boxes)
+    record = self._records[position]
+    ex = augment.decode(_read(self._source, record), record)
+    for op in (
+        functools.partial(augment.resize_to_bucket, bucket_hw=cfg.test_scale),
+        functools.partial(augment.drop_degenerate_boxes,
+                          min_size=cfg.min_box_size),
+        functools.partial(augment.normalize, mode=cfg.normalization),
+        functools.partial(augment.pad_to, canvas_hw=canvas,
+                          max_boxes=cfg.max_boxes),
+    ):
+      ex = op(ex, None)
+    out = _batch_features(ex)
+    out["example_valid"] = np.bool_(True)
+    out["image_id"] = np.str_(ex["image_id"])
+    return out
+
+
+def _padding_example(canvas_hw: Sequence[int], max_boxes: int
+                     ) -> dict[str, np.ndarray]:
+  return {
+      "image": np.zeros(tuple(canvas_hw) + (3,), np.float32),
+      "boxes_xyxy": np.zeros((max_boxes, 4), np.float32),
+      "pids": np.full((max_boxes,), -1, np.int32),
+      "boxes_valid": np.zeros((max_boxes,), bool),
+      "image_hw": np.zeros((2,), np.int32),
+      "orig_hw": np.zeros((2,), np.int32),
+      "scale": np.float32(1.0),
+      "index": np.int32(-1),
+      "example_valid": np.bool_(False),
+      "image_id": np.str_(""),
+  }
+
+
+def num_eval_batches(num_records: int, batch_size: int,
+                     process_count: int = 1) -> int:
+  """Batches every process yields for `num_records` records (the same on all
+  processes, so the global batches line up)."""
+  per_process = -(-num_records // process_count)
+  return -(-per_process // batch_size)
+
+
+def eval_batches(source: Sequence[Mapping[str, Any]],
+                 cfg: PipelineConfig | Mapping[str, Any], *,
+                 process_index: int | None = None,
+                 process_count: int | None = None,
+                 **overrides: Any) -> Iterator[dict[str, np.ndarray]]:
+  """Every record once, in order, at `test_scale`, without augmentation.
+
+  Process p of n takes records p, p + n, ...; every process yields
+  `num_eval_batches(len(source), eval batch size, n)` batches, the last ones
+  padded with examples whose `example_valid` is False.
+
+  Args:
+    source: random-access records in the schema.py scene format.
+    cfg: a PipelineConfig or config `data` section; uses test_scale,
+      eval_batch_size (per process; 0 = batch_size), max_boxes,
+      normalization, size_divisor, min_box_size, num_workers.
+    process_index, process_count: default jax.process_index()/count().
+    **overrides: PipelineConfig fields replacing those of `cfg`.
+
+  Yields:
+    Batch dicts with EVAL_KEYS (module docstring).
+  """
+  cfg = PipelineConfig.from_config(cfg, **overrides)
+  pi, pc = _process(process_index, process_count)
+  bs = cfg.per_process_eval_batch_size
+  records = range(pi, len(source), pc)
+  total = num_eval_batches(len(source), bs, pc) * bs
+  if total == 0:
+    return iter(())
+  ds = (grain.MapDataset.range(total)
+        .map(_EvalExample(source, cfg, records))
+        .batch(bs))
+  return iter(_to_iter(ds, cfg))

@@ -1,0 +1,186 @@
+"""The device mesh, shardings, host batches -> global arrays, multi-host start.
+
+Conventions:
+  * One mesh axis, "data", over all devices of all processes. Batches are
+    sharded on their leading (B) dimension, `P("data")`; the train state is
+    replicated, `P()`.
+  * The axis type is `AxisType.Auto`, not jax's new default `Explicit`.
+    With Explicit axes the sharding becomes part of every array's type and
+    some ops on a sharded batch (reshapes that merge B with another dim, the
+    gathers/scatters of the OIM memory update over the global batch, top-k
+    over it) need an explicit `out_sharding` or fail to trace; model and loss
+    code here never mention devices, so the compiler's automatic sharding
+    propagation (Auto) is the right contract. `jax.jit` with NamedSharding
+    in/out shardings works the same under both, and `shard_map` under Auto
+    reshards its inputs as needed instead of rejecting them
+    (stack-notes GOTCHA 1).
+  * Host batches become global arrays only here (`host_to_global`): each
+    process passes its own per-process batch; the global batch is the
+    concatenation over processes in process order, so its leading size is
+    per-process batch x process_count.
+
+Multi-host start-up (`maybe_initialize_distributed`) must run before anything
+else touches jax devices.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D ("data",) mesh with Auto axis type (see module docstring).
+
+  Args:
+    num_devices: use the first `num_devices` of `jax.devices()`; None uses
+      all. Only a single-process run may use fewer than all devices (every
+      process must own part of the mesh).
+  """
+  devices = jax.devices()
+  n = len(devices) if num_devices is None else int(num_devices)
+  if not 1 <= n <= len(devices):
+    raise ValueError(f"num_devices={num_devices}; this run has "
+                     f"{len(devices)} devices")
+  if n != len(devices) and jax.process_count() > 1:
+    raise ValueError(f"num_devices={num_devices} but a multi-process run "
+                     f"must use all {len(devices)} devices")
+  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                       devices=devices[:n])
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding that puts a full copy on every device of `mesh` (P())."""
+  return NamedSharding(mesh, P())
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding that splits the leading (batch) dimension over "data"."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def _is_numeric(x: Any) -> bool:
+  return isinstance(x, np.ndarray) and x.dtype.kind in "biuf"
+
+
+def host_to_global(batch: Mapping[str, Any], mesh: Mesh
+                   ) -> dict[str, jax.Array]:
+  """This process's numpy batch -> global jax.Arrays sharded P("data").
+
+  Args:
+    batch: str -> np.ndarray with a leading per-process batch dimension b
+      (e.g. a `ps_jax.data.pipeline` batch). b must be a multiple of the
+      number of this process's devices in `mesh`.
+    mesh: the mesh of `make_mesh`.
+
+  Returns:
+    The same keys, each a jax.Array of global leading size b x
+    process_count, sharded NamedSharding(mesh, P("data")). Entries that are
+    not numeric or boolean numpy arrays (e.g. the eval batch's `image_id`
+    strings) are host-only and are left out; read them from `batch`.
+  """
+  local_devices = sum(d.process_index == jax.process_index()
+                      for d in mesh.devices.flat)
+  arrays = {}
+  for k, v in batch.items():
+    if not _is_numeric(v):
+      continue
+    if v.ndim == 0 or v.shape[0] % local_devices:
+      raise ValueError(
+          f"batch[{k!r}] has shape {v.shape}; its leading (batch) size must "
+          f"be a multiple of this process's {local_devices} mesh devices")
+    arrays[k] = v
+  return jax.make_array_from_process_local_data(data_sharding(mesh), arrays)
+
+
+def global_to_host(tree: Any) -> Any:
+  """Global jax.Arrays -> numpy holding this process's part.
+
+  A leaf sharded on its leading dimension (P("data")) gives this process's
+  rows in order (what `host_to_global` took from this process); a replicated
+  leaf gives the whole array. Non-jax leaves pass through.
+  """
+  def one(x):
+    if not isinstance(x, jax.Array):
+      return x
+    if x.is_fully_replicated or x.ndim == 0:
+      return np.asarray(x.addressable_data(0))
+    shards = {}
+    for s in x.addressable_shards:
+      shards.setdefault(s.index[0].start or 0, np.asarray(s.data))
+    return np.concatenate([shards[k] for k in sorted(shards)], axis=0)
+  return jax.tree.map(one, tree)
+
+
+def _int_env(name: str) -> int | None:
+  value = os.environ.get(name)
+  return int(value) if value not in (None, "") else None
+
+
+def distributed_requested() -> bool:
+  """Whether the environment describes a multi-process run.
+
+  True if any of:
+    * JAX_COORDINATOR_ADDRESS is set (a manual launch; JAX_NUM_PROCESSES and
+      JAX_PROCESS_ID give the count and this process's id);
+    * Slurm: SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_PROCID and
+      SLURM_LOCALID are set and SLURM_NTASKS > 1 (srun with several tasks);
+    * Open MPI: OMPI_MCA_orte_hnp_uri is set and OMPI_COMM_WORLD_SIZE > 1
+      (mpirun with several ranks);
+    * Cloud TPU: TPU_WORKER_HOSTNAMES lists more than one host (a multi-host
+      slice);
+    * PS_JAX_DISTRIBUTED=1 (let jax auto-detect any other cluster).
+  """
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  if os.environ.get("PS_JAX_DISTRIBUTED", "") == "1":
+    return True
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID",
+           "SLURM_LOCALID")
+  if all(v in os.environ for v in slurm) and (_int_env("SLURM_NTASKS")
+                                              or 1) > 1:
+    return True
+  if ("OMPI_MCA_orte_hnp_uri" in os.environ
+      and (_int_env("OMPI_COMM_WORLD_SIZE") or 1) > 1):
+    return True
+  hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")
+           if h.strip()]
+  return len(hosts) > 1
+
+
+def maybe_initialize_distributed() -> bool:
+  """Calls jax.distributed.initialize() when `distributed_requested()`.
+
+  No-op (returns False) on a single host or if already initialized. With
+  JAX_COORDINATOR_ADDRESS, the process count and id come from
+  JAX_NUM_PROCESSES / JAX_PROCESS_ID when set; otherwise jax detects the
+  cluster (Slurm, Open MPI, Cloud TPU). Call it first, before any other jax
+  call that touches devices.
+
+  Returns:
+    True if this call initialized the distributed system.
+  """
+  if jax.distributed.is_initialized() or not distributed_requested():
+    return False
+  kwargs = {}
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    kwargs["coordinator_address"] = os.environ["JAX_COORDINATOR_ADDRESS"]
+    if (n := _int_env("JAX_NUM_PROCESSES")) is not None:
+      kwargs["num_processes"] = n
+    if (i := _int_env("JAX_PROCESS_ID")) is not None:
+      kwargs["process_id"] = i
+  logging.info("Initializing jax.distributed (%s)",
+               kwargs or "cluster auto-detection")
+  jax.distributed.initialize(**kwargs)
+  logging.info("Process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  return True
