@@ -1,0 +1,115 @@
+"""Helpers that return config *sections* shared by the experiment files.
+
+Each experiment file (`configs/<name>.py`) calls these and shows its whole
+recipe, so two experiments differ by a readable diff. A section's keys are the
+keyword arguments of the function that consumes it:
+  c.model   -> ps_jax.models.build_model(**c.model)
+  c.loss    -> ps_jax.train.step.LossConfig(**c.loss)
+  c.optim   -> ps_jax.train.optim.make_optimizer(params, **c.optim)
+  c.data    -> ps_jax.data.pipeline (training and evaluation input)
+  c.dataset -> data_builders.build.load_builder(**c.dataset)
+  c.eval    -> ps_jax.eval (protocol options)
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# AlignPS's multi-scale training list, (height, width): mmdet
+# `img_scale=[(667, 400), ..., (2000, 1200)]` with keep_ratio, i.e. the image
+# is resized to fit inside each (long side, short side) pair.
+ALIGNPS_TRAIN_SCALES = ((400, 667), (600, 1000), (700, 1166), (800, 1333),
+                        (900, 1500), (1000, 1666), (1100, 1833),
+                        (1200, 2000))
+ALIGNPS_TEST_SCALE = (900, 1500)
+INF = 1e8
+# Only the stride-8 level can hold positives (AlignPS "stage1").
+ALIGNPS_REGRESS_RANGES = ((-1.0, INF), (-2.0, -1.0), (-2.0, -1.0),
+                          (-2.0, -1.0), (-2.0, -1.0))
+
+
+def base() -> ml_collections.ConfigDict:
+  """An empty experiment config with the top-level keys every run has."""
+  c = ml_collections.ConfigDict()
+  # A local torchvision / caffe-style ResNet file for the backbone
+  # (ps_jax.models.weights); "" trains from scratch. Nothing is downloaded.
+  c.init_from = ""
+  return c
+
+
+def dataset(name: str, config: str | None = None,
+            data_dir: str | None = None,
+            manual_dir: str | None = None) -> ml_collections.ConfigDict:
+  """Which TFDS dataset to build or load (`data_builders.build`)."""
+  return ml_collections.ConfigDict(dict(
+      name=name, config=config or "", data_dir=data_dir or "",
+      manual_dir=manual_dir or ""))
+
+
+def data(train_scales, test_scale, *, batch_size: int, max_boxes: int,
+         normalization: str = "caffe_bgr", flip_prob: float = 0.5,
+         num_workers: int = 0, eval_batch_size: int | None = None
+         ) -> ml_collections.ConfigDict:
+  """The input pipeline. `batch_size` is the global batch over all devices."""
+  return ml_collections.ConfigDict(dict(
+      train_scales=[tuple(s) for s in train_scales],
+      test_scale=tuple(test_scale), batch_size=batch_size,
+      eval_batch_size=eval_batch_size or batch_size, max_boxes=max_boxes,
+      normalization=normalization, flip_prob=flip_prob,
+      num_workers=num_workers))
+
+
+def alignps_model(**overrides) -> ml_collections.ConfigDict:
+  """AlignPS R50 (reference-systems.md §2): caffe ResNet-50, AFA neck, FCOS."""
+  m = dict(
+      depth=50, width_multiplier=1.0, style="caffe", frozen_stages=1,
+      backbone_norm="frozen", stage_with_dcn=(False, False, False, False),
+      neck_channels=256, neck_fuse="concat", neck_dcn=True,
+      head_num_convs=4, head_dcn_on_last_conv=True, reid_dim=256,
+      strides=(8, 16, 32, 64, 128), dtype="float32")
+  m.update(overrides)
+  return ml_collections.ConfigDict(m)
+
+
+def alignps_loss(**overrides) -> ml_collections.ConfigDict:
+  """AlignPS losses: focal, GIoU, centerness, focal OIM and triplet."""
+  loss = dict(
+      regress_ranges=ALIGNPS_REGRESS_RANGES, center_sample_radius=1.5,
+      focal_alpha=0.25, focal_gamma=2.0,
+      oim_queue_size=5000, oim_lut_scale=10.0, oim_queue_scale=10.0,
+      oim_momentum=0.5, oim_normalize_lut=False, oim_queue_dims=64,
+      oim_focal_gamma=2.0, triplet=True, triplet_margin=0.3,
+      w_cls=1.0, w_box=1.0, w_ctr=1.0, w_oim=1.0, w_triplet=1.0)
+  loss.update(overrides)
+  return ml_collections.ConfigDict(loss)
+
+
+def sgd(lr: float, *, weight_decay: float, warmup_steps: int,
+        decay_steps, clip_norm: float = 35.0) -> ml_collections.ConfigDict:
+  """SGD with AlignPS's parameter groups (`ps_jax.train.optim`)."""
+  return ml_collections.ConfigDict(dict(
+      lr=lr, momentum=0.9, weight_decay=weight_decay, bias_lr_mult=2.0,
+      warmup_steps=warmup_steps, warmup_ratio=1.0 / 3.0,
+      decay_steps=tuple(decay_steps), decay_factor=0.1, clip_norm=clip_norm))
+
+
+def run(*, num_steps: int, log_every: int, checkpoint_every: int,
+        seed: int = 0) -> ml_collections.ConfigDict:
+  """Loop length, logging and checkpoint cadence."""
+  return ml_collections.ConfigDict(dict(
+      num_steps=num_steps, log_every=log_every,
+      checkpoint_every=checkpoint_every, max_to_keep=3, seed=seed,
+      eval_at_end=True))
+
+
+def evaluation(*, det_thresh: float, query_mode: str = "best_iou",
+               max_dets: int = 100, score_threshold: float = 0.05,
+               nms_iou: float = 0.5, pre_nms_top_k: int = 1000,
+               gallery_sizes=(), cross_camera: bool = False
+               ) -> ml_collections.ConfigDict:
+  """Prediction post-processing and protocol options (`ps_jax.eval`)."""
+  return ml_collections.ConfigDict(dict(
+      det_thresh=det_thresh, query_mode=query_mode, max_dets=max_dets,
+      score_threshold=score_threshold, nms_iou=nms_iou,
+      pre_nms_top_k=pre_nms_top_k, gallery_sizes=tuple(gallery_sizes),
+      cross_camera=cross_camera))

@@ -1,0 +1,81 @@
+"""Checkpoints: one orbax CheckpointManager per workdir.
+
+A checkpoint at step s holds
+  state      the whole TrainState (params, optimizer state, OIM memory, rng),
+  data_iter  the Grain iterator state, so the data order survives a resume,
+  config     the experiment config as JSON, for `ps_jax.eval` and humans.
+Orbax writes each step into a temporary directory and renames it when
+complete, so a run killed while saving leaves the previous checkpoint intact
+and `latest_step()` never points at a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def manager(workdir: str | pathlib.Path, *, max_to_keep: int = 3,
+            async_save: bool = True) -> ocp.CheckpointManager:
+  """The checkpoint manager of `workdir` (checkpoints under workdir/ckpt)."""
+  path = pathlib.Path(workdir).absolute() / "ckpt"
+  return ocp.CheckpointManager(
+      path, options=ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+          create=True))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any,
+         data_iter: Any | None, config: Any) -> None:
+  """Save state, data iterator and config at `step` (asynchronously)."""
+  items = {"state": ocp.args.StandardSave(state),
+           "config": ocp.args.JsonSave(json.loads(config.to_json()))}
+  if data_iter is not None:
+    items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+  mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def restore(mngr: ocp.CheckpointManager, abstract_state: Any,
+            data_iter: Any | None, step: int | None = None) -> Any:
+  """Restore into `abstract_state`'s structure and shardings.
+
+  `data_iter`, if given, is set to the saved iterator state in place.
+  Returns the restored TrainState.
+  """
+  step = mngr.latest_step() if step is None else step
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+  items = {"state": ocp.args.StandardRestore(target)}
+  if data_iter is not None:
+    items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  return restored["state"]
+
+
+def restore_variables(workdir: str | pathlib.Path, step: int | None = None
+                      ) -> tuple[dict[str, Any], dict[str, Any], int]:
+  """Config, model variables and step of a checkpoint, for inference.
+
+  Returns (config as a plain dict, {"params": ..., <model_state collections>},
+  step). Nothing but the state's parameters and model state is needed, so no
+  abstract train state (and no optimizer) has to be rebuilt.
+  """
+  workdir = pathlib.Path(workdir)
+  mngr = manager(workdir, async_save=False)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(
+        f"no checkpoint in {workdir / 'ckpt'}: train first "
+        f"(python train.py --workdir {workdir})")
+  if step not in mngr.all_steps():
+    raise FileNotFoundError(f"no checkpoint for step {step} in "
+                            f"{workdir / 'ckpt'}; have {mngr.all_steps()}")
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+  state = restored["state"]
+  variables = {"params": state["params"], **state["model_state"]}
+  return restored["config"], variables, step
