@@ -29,9 +29,18 @@ flags.DEFINE_string("workdir", "workdir/synthetic",
                     "eval_results.json go here; an existing workdir resumes.")
 
 
+class _QuietLibraries(logging.logging.Filter):
+  """Drops the per-save INFO chatter of orbax (warnings still pass)."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "/orbax/" not in (
+        record.pathname or "")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   from ps_jax.train import loop  # after flag parsing: jax reads XLA flags
   logging.info("Config:\n%s", FLAGS.config)
   loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)

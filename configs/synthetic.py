@@ -6,10 +6,16 @@
 A narrow ResNet-18 AlignPS trained from scratch on the `default` synthetic
 dataset (2,000 training scenes, 150 identities), sized to finish training and
 evaluation in about 10-15 minutes on a 2-core CPU. The recipe is AlignPS's
-(AFA neck with deformable convs, FCOS on the stride-8 map, focal OIM with
-lookup table and queue, triplet) with the widths, image sizes and schedule
-shrunk. The backbone uses trainable GroupNorm instead of frozen batch norm
-because there are no pretrained weights to freeze.
+(AFA neck fusing by concatenation, FCOS and re-ID on the stride-8 map only,
+focal OIM with lookup table and queue, triplet) with the widths, image sizes
+and schedule shrunk, and two CPU-specific changes:
+  * the neck and head use plain instead of deformable 3x3 convolutions:
+    on XLA:CPU a deformable conv's backward pass is 15-20x slower than a
+    plain conv's (docs/benchmarks.md), which would make this run take hours;
+    set model.neck_dcn and model.head_dcn_on_last_conv to True on an
+    accelerator;
+  * the backbone uses trainable GroupNorm instead of frozen batch norm
+    because there are no pretrained weights to freeze.
 """
 
 from configs import common
@@ -24,7 +30,7 @@ def get_config():
   c.model = common.alignps_model(
       depth=18, width_multiplier=0.25, style="pytorch", frozen_stages=-1,
       backbone_norm="group", neck_channels=64, reid_dim=64,
-      head_num_convs=2)
+      neck_dcn=False, head_dcn_on_last_conv=False, head_num_convs=2)
   c.loss = common.alignps_loss(oim_queue_size=512, oim_queue_dims=None,
                                oim_normalize_lut=True)
   c.optim = common.sgd(0.01, weight_decay=1e-4, warmup_steps=100,
