@@ -33,7 +33,7 @@ class _QuietLibraries(logging.logging.Filter):
   """Drops the per-save INFO chatter of orbax (warnings still pass)."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or "/orbax/" not in (
+    return record.levelno >= logging.logging.WARNING or "/orbax/" not in (
         record.pathname or "")
 
 
