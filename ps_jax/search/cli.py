@@ -1,0 +1,338 @@
+"""`ps-search` / `python -m ps_jax.search`: index your images, find a person.
+
+  ps-search index --workdir RUN --images photos/ --out gallery_index
+  ps-search query --index gallery_index --image q.jpg --box 10,20,60,180 \
+      --top-k 5 --picture result.png
+  ps-search info --index gallery_index
+
+Results are JSON on stdout (or in the --json file). User errors (missing
+files, bad boxes, an index made by another model...) print one line
+"ps-search: error: ..." on stderr and exit with status 2, no traceback.
+The model is loaded lazily, so `--help` and `info` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ps_jax.search import index as index_lib
+from ps_jax.search import query as query_lib
+
+PROG = "ps-search"
+SearchError = index_lib.SearchError
+PredictorFactory = Callable[[str, int | None], index_lib.Predictor]
+
+
+def load_predictor(workdir: str, step: int | None) -> index_lib.Predictor:
+  """The trained model of `workdir` (latest checkpoint unless `step`)."""
+  if not os.path.isdir(workdir):
+    raise SearchError(f"--workdir {workdir}: no such directory (the training "
+                      "run's --workdir, holding ckpt/)")
+  from ps_jax.eval import predict  # pylint: disable=g-import-not-at-top
+  return predict.Predictor.from_workdir(workdir, step=step)
+
+
+def _box(text: str) -> tuple[float, ...]:
+  parts = text.replace(" ", "").split(",")
+  try:
+    box = tuple(float(p) for p in parts)
+  except ValueError:
+    box = ()
+  if len(box) != 4:
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not x1,y1,x2,y2 (four comma-separated pixel numbers)")
+  return box
+
+
+def _positive(text: str) -> int:
+  try:
+    v = int(text)
+  except ValueError:
+    v = 0
+  if v < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+  return v
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports errors as SearchError (exit 2 via main)."""
+
+  def error(self, message: str):  # pytype: disable=signature-mismatch
+    raise SearchError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The argument parser of all subcommands."""
+  fmt = argparse.RawDescriptionHelpFormatter
+  p = _Parser(prog=PROG, formatter_class=fmt, description=(
+      "Find a person in your own images with a trained ps_jax model.\n\n"
+      "1. index: detect every person in a folder of images once and save\n"
+      "   their boxes and re-id embeddings to an index directory.\n"
+      "2. query: give one person (an image and a box, or a crop) and get the\n"
+      "   most similar people of the index as JSON and as a picture.\n"
+      "3. info: show what an index holds."))
+  sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                         parser_class=_Parser)
+
+  def model_args(sp: argparse.ArgumentParser, required: bool) -> None:
+    sp.add_argument(
+        "--workdir", required=required,
+        help="the training run's directory (train.py --workdir); its latest "
+        "checkpoint is used" + ("" if required else
+                                "; default: the one that made the index"))
+    sp.add_argument(
+        "--step", type=int, default=None,
+        help="checkpoint step to load instead of the latest" + (
+            "" if required else "; default: the step that made the index"))
+
+  ix = sub.add_parser(
+      "index", formatter_class=fmt, help="detect and embed the people of "
+      "images into an index directory", description=(
+          "Detect and embed every person in the given images and save the\n"
+          "index (index.json + .npy arrays) to --out. Progress goes to\n"
+          "stderr when it is a terminal; a JSON summary to stdout.\n\n"
+          "example:\n  ps-search index --workdir runs/synthetic "
+          "--images photos/ 'cam2/*.jpg' --out gallery_index"))
+  model_args(ix, required=True)
+  src = ix.add_mutually_exclusive_group(required=True)
+  src.add_argument(
+      "--images", nargs="+", metavar="DIR_OR_GLOB",
+      help="image files, folders (their .jpg/.jpeg/.png/.bmp/.webp/.tif "
+      "files) or quoted glob patterns ('**' for subfolders)")
+  src.add_argument(
+      "--tfds", metavar="BUILDER_DIR",
+      help="index a prepared TFDS dataset instead: its versioned directory "
+      "(the one holding dataset_info.json); pick the split with --split")
+  ix.add_argument("--split", default="test",
+                  help="TFDS split for --tfds (default: %(default)s)")
+  ix.add_argument("--out", required=True, metavar="INDEX_DIR",
+                  help="index directory to create (or extend with --append)")
+  ix.add_argument(
+      "--append", action="store_true",
+      help="add to an existing index: images already in it and unchanged "
+      "(same path, size and modification time) are skipped, changed ones "
+      "re-indexed; without it an existing --out is an error")
+  ix.add_argument("--batch-size", type=_positive, default=8,
+                  help="images per model call (default: %(default)s)")
+  ix.add_argument("--recursive", action="store_true",
+                  help="also take images from subfolders of folders given "
+                  "to --images")
+  ix.add_argument(
+      "--strict", action="store_true",
+      help="stop at the first unreadable or corrupt image; by default such "
+      "files are skipped with a warning and listed in the summary")
+  ix.add_argument(
+      "--save-every", type=int, default=500, metavar="N",
+      help="save the index every N images so an interrupted run can go on "
+      "with --append (0: only at the end; default: %(default)s)")
+
+  q = sub.add_parser(
+      "query", formatter_class=fmt, help="rank the people of an index "
+      "against one query person", description=(
+          "Embed the query person and rank every detection of the index by\n"
+          "cosine similarity (or det score x similarity with --cws).\n\n"
+          "examples:\n  ps-search query --index gallery_index --image q.jpg "
+          "--box 120,40,180,210\n  ps-search query --index gallery_index "
+          "--crop person.png --top-k 10 --picture hits.png"))
+  model_args(q, required=False)
+  q.add_argument("--index", required=True, metavar="INDEX_DIR",
+                 help="directory written by `ps-search index`")
+  qsrc = q.add_mutually_exclusive_group(required=True)
+  qsrc.add_argument("--image", metavar="IMAGE",
+                    help="image holding the query person (give --box)")
+  qsrc.add_argument("--crop", metavar="CROP",
+                    help="image showing only the query person (no --box)")
+  q.add_argument("--box", type=_box, metavar="x1,y1,x2,y2",
+                 help="the query person in --image, in pixels (write "
+                 "--box=-3,10,50,90 when x1 is negative)")
+  q.add_argument("--top-k", type=_positive, default=5,
+                 help="number of hits (default: %(default)s)")
+  q.add_argument(
+      "--cws", action="store_true",
+      help="rank by confidence-weighted similarity (PRW paper): detection "
+      "score x similarity, so unsure detections sink")
+  q.add_argument("--det-threshold", type=float, default=0.0, metavar="T",
+                 help="ignore detections scoring below T (default: "
+                 "%(default)s)")
+  q.add_argument("--one-per-image", action="store_true",
+                 help="at most one hit (the best) per gallery image")
+  q.add_argument("--exclude-query-image", action="store_true",
+                 help="leave the query image out if it is in the index")
+  q.add_argument("--json", metavar="OUT.json",
+                 help="write the JSON result there instead of stdout")
+  q.add_argument("--picture", metavar="OUT.png",
+                 help="save a picture: the query crop beside the top-k hits")
+  q.add_argument("--tile-height", type=_positive, default=256,
+                 help="pixel height of each image in the picture (default: "
+                 "%(default)s)")
+
+  info = sub.add_parser("info", help="summarize an index (no model needed)",
+                        description="Print a JSON summary of an index.")
+  info.add_argument("--index", required=True, metavar="INDEX_DIR",
+                    help="directory written by `ps-search index`")
+  return p
+
+
+def _model_info(workdir: str, step: int | None,
+                predictor: index_lib.Predictor) -> dict[str, Any]:
+  # The loaded step, if the predictor knows it, pins the exact weights even
+  # when training later writes newer checkpoints into the same workdir.
+  step = getattr(predictor, "step", step)
+  return {"workdir": os.path.abspath(workdir),
+          "step": None if step is None else int(step)}
+
+
+def _cmd_index(args: argparse.Namespace, factory: PredictorFactory) -> dict:
+  exists = index_lib.GalleryIndex.exists(args.out)
+  if exists and not args.append:
+    raise SearchError(f"--out {args.out} already holds an index: pass "
+                      "--append to add images, or choose a new directory")
+  if args.tfds is None:
+    paths = index_lib.find_images(args.images, recursive=args.recursive)
+  elif not os.path.isdir(args.tfds):
+    raise SearchError(f"--tfds {args.tfds}: no such directory")
+  index = index_lib.GalleryIndex.load(args.out) if exists else None
+  if index is not None and index.model_info.get("workdir") not in (
+      None, os.path.abspath(args.workdir)):
+    raise SearchError(f"--out {args.out} was made with --workdir "
+                      f"{index.model_info['workdir']}; embeddings of another "
+                      "model do not compare: use a new --out")
+  step = args.step
+  if index is not None and step is None:
+    # Keep extending with the weights that made the index, even if training
+    # has written newer checkpoints since.
+    step = index.model_info.get("step")
+  predictor = factory(args.workdir, step)
+  info = _model_info(args.workdir, step, predictor)
+  if index is None:
+    index = index_lib.GalleryIndex(predictor.embedding_dim, info)
+  opts = dict(batch_size=args.batch_size,
+              on_error="raise" if args.strict else "skip",
+              model_info=info, save_to=args.out, save_every=args.save_every)
+  if args.tfds is None:
+    report = index.add(predictor, paths, **opts)
+  else:
+    report = index.add_tfds(predictor, args.tfds, args.split, **opts)
+  if len(index) == 0:
+    raise SearchError("no image could be indexed: " + "; ".join(
+        f"{n}: {why}" for n, why in report.failed[:5]))
+  return {"index": os.path.abspath(args.out), **index.summary(),
+          "added": report.added, "reindexed": report.reindexed,
+          "unchanged": report.unchanged,
+          "new_detections": report.detections,
+          "failed": [{"image": n, "error": why} for n, why in report.failed]}
+
+
+def _cmd_query(args: argparse.Namespace, factory: PredictorFactory) -> dict:
+  if args.image is not None and args.box is None:
+    raise SearchError("--image needs --box x1,y1,x2,y2 (or give --crop)")
+  if args.crop is not None and args.box is not None:
+    raise SearchError("--box goes with --image, not with --crop")
+  for out in (args.json, args.picture):  # fail before loading the model
+    if out is not None:
+      _check_parent(out)
+  index = index_lib.GalleryIndex.load(args.index)
+  workdir = args.workdir or index.model_info.get("workdir")
+  if workdir is None:
+    raise SearchError(f"{args.index} does not record its model: pass "
+                      "--workdir")
+  step = args.step
+  if args.workdir is None:
+    step = index.model_info.get("step") if step is None else step
+  elif os.path.abspath(args.workdir) != index.model_info.get(
+      "workdir", os.path.abspath(args.workdir)):
+    print(f"{PROG}: warning: the index was made with --workdir "
+          f"{index.model_info['workdir']}, not {args.workdir}; "
+          "similarities may be meaningless", file=sys.stderr)
+  image_path = args.image or args.crop
+  image = index_lib.read_image(image_path)
+  if args.crop is not None:
+    box = (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
+  else:
+    box = query_lib.check_box(args.box, image.shape[1], image.shape[0],
+                              f"--box for {image_path}")
+  predictor = factory(workdir, step)
+  index.check_predictor(predictor)
+  emb = query_lib.embed_query(predictor, image, box)
+  exclude = [os.path.abspath(image_path)] if args.exclude_query_image else []
+  hits = query_lib.search(index, emb, top_k=args.top_k,
+                          det_threshold=args.det_threshold, cws=args.cws,
+                          one_per_image=args.one_per_image,
+                          exclude_images=exclude)
+  result = {
+      "query": {"image": os.path.abspath(image_path),
+                "box": [round(v, 3) for v in box],
+                "kind": "crop" if args.crop is not None else "image+box"},
+      "index": os.path.abspath(args.index),
+      "model": _model_info(workdir, step, predictor),
+      "ranking": "cws" if args.cws else "similarity",
+      "hits": [h.to_dict() for h in hits],
+  }
+  if args.picture is not None:
+    from ps_jax.search import visualize  # pylint: disable=g-import-not-at-top
+    picture = visualize.render_results(
+        image, box, hits, load_image=lambda h: index.load_image(h.image_index),
+        tile_height=args.tile_height)
+    _save(lambda p: picture.save(p, format="PNG"), args.picture)
+    result["picture"] = os.path.abspath(args.picture)
+  return result
+
+
+def _write_text(path: str, text: str) -> None:
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def _check_parent(path: str) -> None:
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise SearchError(f"{path}: folder {parent} does not exist")
+
+
+def _save(write: Callable[[str], None], path: str) -> None:
+  _check_parent(path)
+  try:
+    write(path)
+  except OSError as e:
+    raise SearchError(f"{path}: cannot write ({e})") from e
+
+
+def main(argv: Sequence[str] | None = None,
+         predictor_factory: PredictorFactory | None = None) -> int:
+  """Runs the CLI; returns the exit status (0 ok, 2 user error).
+
+  Args:
+    argv: arguments without the program name (default: sys.argv[1:]).
+    predictor_factory: (workdir, step) -> Predictor; default loads the
+      checkpoint with `ps_jax.eval.predict.Predictor.from_workdir`. Tests
+      inject fakes here.
+  """
+  factory = predictor_factory or load_predictor
+  try:
+    args = build_parser().parse_args(argv)
+    if args.command == "info":
+      result = {"index": os.path.abspath(args.index),
+                **index_lib.GalleryIndex.load(args.index).summary()}
+    elif args.command == "index":
+      result = _cmd_index(args, factory)
+    else:
+      result = _cmd_query(args, factory)
+    text = json.dumps(result, indent=1)
+    if getattr(args, "json", None):
+      _save(functools.partial(_write_text, text=text + "\n"), args.json)
+    else:
+      print(text)
+  except (SearchError, FileNotFoundError, NotADirectoryError,
+          PermissionError) as e:
+    msg = str(e)
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+      msg = f"{e.filename}: {msg}"
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return 2
+  return 0
