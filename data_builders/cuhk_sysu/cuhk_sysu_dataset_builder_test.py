@@ -1,64 +1,38 @@
 """Builds a fake CUHK-SYSU download and checks every stored value by hand.
 
-tfds.testing.DatasetBuilderTestCase needs TensorFlow (and dill), which the
-project does not install, so this follows its conventions with plain pytest:
-the fake raw data is written by dummy_data/make_fake_raw.py, the builder is
-built with the ArrayRecord format and read back through `as_data_source`,
-split sizes are checked, and every feature is decoded.
+The fake raw data comes from dummy_data/make_fake_raw.py; data_builders/
+testing.py describes how the build is checked without TensorFlow (split
+sizes, every feature decoded through `as_data_source`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import pathlib
 import shutil
 
 import numpy as np
 from PIL import Image
 import pytest
 import scipy.io
-import tensorflow_datasets as tfds
 
 from data_builders import raw_io
+from data_builders import testing
 from data_builders.cuhk_sysu import cuhk_sysu_dataset_builder as cuhk
 from data_builders.cuhk_sysu.dummy_data import make_fake_raw
+from data_builders.testing import image_ids, persons, read_split
+from data_builders.testing import split_sizes, yxyx
 
 SIZES = (50, 100, 500, 1000, 2000, 4000)
 
 
-def build(manual: pathlib.Path, data: pathlib.Path) -> cuhk.Builder:
-  builder = cuhk.Builder(data_dir=data, file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual))
-  return builder
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("cuhk")
-  make_fake_raw.write_fake_raw(tmp / "manual")
-  return build(tmp / "manual", tmp / "data"), tmp / "manual" / "dataset"
-
-
-def yxyx(x1, y1, x2, y2, w, h):
-  return [y1 / h, x1 / w, y2 / h, x2 / w]
-
-
-def read_split(builder, split):
-  src = builder.as_data_source(split)
-  return [src[i] for i in range(len(src))]
-
-
-def persons(ex):
-  boxes = np.asarray(ex["persons"]["bbox"], np.float32).reshape(-1, 4)
-  return boxes, [int(p) for p in ex["persons"]["pid"]]
+build_error = functools.partial(testing.build_error, cuhk.Builder)
+built = testing.built_fixture(cuhk.Builder, make_fake_raw.write_fake_raw)
 
 
 def test_split_sizes_and_metadata(built):
   builder, _ = built
-  assert {s: builder.info.splits[s].num_examples
-          for s in ("train", "test", "query")} == {
-              "train": 3, "test": 4, "query": 2}
+  assert split_sizes(builder) == {"train": 3, "test": 4, "query": 2}
   md = builder.info.metadata
   assert md["num_train_ids"] == 3
   assert md["gallery_sizes"] == list(SIZES)
@@ -77,8 +51,7 @@ def test_train_boxes_ids_and_order(built):
   builder, _ = built
   train = read_split(builder, "train")
   # SeqNet sorts train names as strings.
-  assert [ex["image_id"].decode() for ex in train] == [
-      "s1.jpg", "s10.jpg", "s2.jpg"]
+  assert image_ids(train) == ["s1.jpg", "s10.jpg", "s2.jpg"]
   boxes, pids = persons(train[0])
   # The degenerate [40, 10, 0, 5] box is dropped.
   np.testing.assert_allclose(boxes, [yxyx(2, 3, 12, 23, 64, 48),
@@ -117,7 +90,7 @@ def test_images_decode(built):
 def test_test_split_labels(built):
   builder, _ = built
   test = read_split(builder, "test")
-  assert [ex["image_id"].decode() for ex in test] == [
+  assert image_ids(test) == [
       "s5.jpg", "s4.jpg", "s6.jpg", "s7.jpg"]  # pool.mat order
   expected = [
       ([yxyx(5, 5, 30, 45, 64, 64), yxyx(35, 8, 55, 48, 64, 64)],
@@ -138,7 +111,7 @@ def test_queries_and_galleries(built):
   builder, _ = built
   query = read_split(builder, "query")
   test = {ex["image_id"]: ex for ex in read_split(builder, "test")}
-  assert [ex["image_id"].decode() for ex in query] == ["s4.jpg", "s6.jpg"]
+  assert image_ids(query) == ["s4.jpg", "s6.jpg"]
   assert [int(ex["query_pid"]) for ex in query] == [2001, 2002]
   np.testing.assert_allclose(query[0]["query_bbox"],
                              yxyx(10, 10, 30, 40, 64, 64), atol=1e-6)
@@ -186,9 +159,7 @@ def test_count_warnings_name_both_numbers(tmp_path, caplog):
 
 def test_missing_image_names_image_and_annotation(tmp_path):
   make_fake_raw.write_fake_raw(tmp_path / "m", skip_images=["s7.jpg"])
-  with pytest.raises(raw_io.RawFileMissingError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  msg = str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFileMissingError)
   assert str(tmp_path / "m" / "dataset" / "Image" / "SSM" / "s7.jpg") in msg
   assert "Images.mat" in msg
 
@@ -197,9 +168,8 @@ def test_missing_image_names_image_and_annotation(tmp_path):
                                  "SSM/../../s1.jpg", "C:\\x.jpg"])
 def test_names_escaping_the_manual_dir_fail(tmp_path, bad):
   make_fake_raw.write_fake_raw(tmp_path / "m", image_names={"s2.jpg": bad})
-  with pytest.raises(raw_io.RawFormatError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  assert "Images.mat" in str(e.value) and repr(bad) in str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFormatError)
+  assert "Images.mat" in msg and repr(bad) in msg
 
 
 def test_truncated_mat_names_the_file(tmp_path):
@@ -207,25 +177,21 @@ def test_truncated_mat_names_the_file(tmp_path):
   path = root / "annotation" / "test" / "train_test" / "Train.mat"
   data = path.read_bytes()
   path.write_bytes(data[: len(data) // 2])
-  with pytest.raises(raw_io.RawFormatError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  assert str(path) in str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFormatError)
+  assert str(path) in msg
 
 
 def test_non_matlab_file_names_the_file(tmp_path):
   root = make_fake_raw.write_fake_raw(tmp_path / "m")
   path = root / "annotation" / "pool.mat"
   path.write_text("<html>login required</html>\n" * 20)
-  with pytest.raises(raw_io.RawFormatError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  assert str(path) in str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFormatError)
+  assert str(path) in msg
 
 
 def test_missing_protocol_file_names_path_and_step(tmp_path):
   make_fake_raw.write_fake_raw(tmp_path / "m", skip_gallery_sizes=[2000])
-  with pytest.raises(raw_io.RawFileMissingError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  msg = str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFileMissingError)
   assert str(tmp_path / "m" / "dataset" / "annotation" / "test" /
              "train_test" / "TestG2000.mat") in msg
   assert "step 3" in msg
@@ -233,9 +199,7 @@ def test_missing_protocol_file_names_path_and_step(tmp_path):
 
 def test_wrong_manual_dir_names_expected_path_and_step(tmp_path):
   (tmp_path / "m" / "something_else").mkdir(parents=True)
-  with pytest.raises(raw_io.RawFileMissingError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  msg = str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFileMissingError)
   assert str(tmp_path / "m" / "annotation") in msg and "step 2" in msg
 
 
@@ -263,16 +227,13 @@ def test_pool_image_missing_from_images_mat_names_both(tmp_path):
   pool = np.empty((2, 1), dtype=object)
   pool[:, 0] = ["s5.jpg", "s99.jpg"]
   scipy.io.savemat(root / "annotation" / "pool.mat", {"pool": pool})
-  with pytest.raises(raw_io.RawFormatError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  msg = str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFormatError)
   assert "pool.mat" in msg and "Images.mat" in msg and "s99.jpg" in msg
 
 
 def test_missing_image_folder_names_path_and_step(tmp_path):
   root = make_fake_raw.write_fake_raw(tmp_path / "m")
   shutil.rmtree(root / "Image")
-  with pytest.raises(raw_io.RawFileMissingError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  assert str(root / "Image" / "SSM") in str(e.value)
-  assert "step 2" in str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFileMissingError)
+  assert str(root / "Image" / "SSM") in msg
+  assert "step 2" in msg

@@ -1,52 +1,37 @@
 """Builds a fake Market-1501 download and checks every stored value.
 
-Plain pytest following tfds.testing conventions (DatasetBuilderTestCase
-needs TensorFlow): fake raw data from dummy_data/make_fake_raw.py, an
-ArrayRecord build, split sizes, and every feature decoded through
-`as_data_source`.
+The fake raw data comes from dummy_data/make_fake_raw.py; data_builders/
+testing.py describes how the build is checked without TensorFlow.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import pathlib
 
 import numpy as np
 from PIL import Image
-import pytest
-import tensorflow_datasets as tfds
 
 from data_builders import raw_io
+from data_builders import testing
 from data_builders.market1501 import market1501_dataset_builder as market
 from data_builders.market1501.dummy_data import make_fake_raw
 
 
-def build(manual: pathlib.Path, data: pathlib.Path) -> market.Builder:
-  builder = market.Builder(data_dir=data, file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual))
-  return builder
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("market")
-  root = make_fake_raw.write_fake_raw(tmp / "manual")
-  return build(tmp / "manual", tmp / "data"), root
+build_error = functools.partial(testing.build_error, market.Builder)
+built = testing.built_fixture(market.Builder, make_fake_raw.write_fake_raw)
 
 
 def rows(builder, split):
-  src = builder.as_data_source(split)
-  return [(src[i]["image_id"].decode(), int(src[i]["pid"]),
-           int(src[i]["camera"])) for i in range(len(src))]
+  """(image_id, pid, camera) of every crop of `split`, in stored order."""
+  return [(ex["image_id"].decode(), int(ex["pid"]), int(ex["camera"]))
+          for ex in testing.read_split(builder, split)]
 
 
 def test_splits_ids_and_cameras(built):
   builder, _ = built
   # Thumbs.db is ignored; gt_bbox/ is not a split.
-  assert {s: builder.info.splits[s].num_examples
-          for s in ("train", "query", "gallery")} == {
-              "train": 4, "query": 2, "gallery": 5}
+  assert testing.split_sizes(builder) == {"train": 4, "query": 2, "gallery": 5}
   # Train ids 2, 7, 1500 -> 0, 1, 2 (ascending Market id).
   assert rows(builder, "train") == [
       ("0002_c1s1_000451_03.jpg", 0, 1), ("0002_c2s1_000301_01.jpg", 0, 2),
@@ -74,7 +59,7 @@ def test_images_decode_byte_exact(built):
 def test_count_warnings_name_both_numbers(tmp_path, caplog):
   make_fake_raw.write_fake_raw(tmp_path / "m")
   with caplog.at_level(logging.WARNING):
-    build(tmp_path / "m", tmp_path / "d")
+    testing.build(market.Builder, tmp_path / "m", tmp_path / "d")
   assert "junk (-1) crops: found 1, the official release documents 3819" in (
       caplog.text)
   assert "ids: found 3, the official release documents 751" in caplog.text
@@ -83,23 +68,19 @@ def test_count_warnings_name_both_numbers(tmp_path, caplog):
 def test_malformed_name_is_an_error_naming_the_file(tmp_path):
   root = make_fake_raw.write_fake_raw(
       tmp_path / "m", extra_files={"query": ["IMG_0001.jpg"]})
-  with pytest.raises(raw_io.RawFormatError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  assert str(root / "query" / "IMG_0001.jpg") in str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFormatError)
+  assert str(root / "query" / "IMG_0001.jpg") in msg
 
 
 def test_corrupt_jpeg_names_the_file(tmp_path):
   root = make_fake_raw.write_fake_raw(tmp_path / "m")
   path = root / "bounding_box_test" / "0003_c2s1_000010_01.jpg"
   path.write_bytes(path.read_bytes()[:200])
-  with pytest.raises(raw_io.RawFormatError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  assert str(path) in str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFormatError)
+  assert str(path) in msg
 
 
 def test_missing_folder_names_path_and_step(tmp_path):
   root = make_fake_raw.write_fake_raw(tmp_path / "m", skip_folders=["query"])
-  with pytest.raises(raw_io.RawFileMissingError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  msg = str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFileMissingError)
   assert f"Missing {root / 'query'} " in msg and "step 2" in msg

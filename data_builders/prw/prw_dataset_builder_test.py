@@ -1,59 +1,33 @@
 """Builds a fake PRW download and checks every stored value by hand.
 
-Plain pytest following tfds.testing conventions (DatasetBuilderTestCase
-needs TensorFlow): fake raw data from dummy_data/make_fake_raw.py, an
-ArrayRecord build, split sizes, and every feature decoded through
-`as_data_source`.
+The fake raw data comes from dummy_data/make_fake_raw.py; data_builders/
+testing.py describes how the build is checked without TensorFlow.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import pathlib
 
 import numpy as np
 from PIL import Image
 import pytest
-import tensorflow_datasets as tfds
 
 from data_builders import raw_io
+from data_builders import testing
 from data_builders.prw import prw_dataset_builder as prw
 from data_builders.prw.dummy_data import make_fake_raw
+from data_builders.testing import image_ids, persons, read_split
+from data_builders.testing import split_sizes, yxyx
 
 
-def build(manual: pathlib.Path, data: pathlib.Path) -> prw.Builder:
-  builder = prw.Builder(data_dir=data, file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual))
-  return builder
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("prw")
-  root = make_fake_raw.write_fake_raw(tmp / "manual")
-  return build(tmp / "manual", tmp / "data"), root
-
-
-def yxyx(x1, y1, x2, y2, w, h):
-  return [y1 / h, x1 / w, y2 / h, x2 / w]
-
-
-def read_split(builder, split):
-  src = builder.as_data_source(split)
-  return [src[i] for i in range(len(src))]
-
-
-def persons(ex):
-  boxes = np.asarray(ex["persons"]["bbox"], np.float32).reshape(-1, 4)
-  return boxes, [int(p) for p in ex["persons"]["pid"]]
+build_error = functools.partial(testing.build_error, prw.Builder)
+built = testing.built_fixture(prw.Builder, make_fake_raw.write_fake_raw)
 
 
 def test_split_sizes_and_metadata(built):
   builder, _ = built
-  assert {s: builder.info.splits[s].num_examples
-          for s in ("train", "test", "query")} == {
-              "train": 3, "test": 3, "query": 2}
+  assert split_sizes(builder) == {"train": 3, "test": 3, "query": 2}
   md = builder.info.metadata
   assert md["num_train_ids"] == 4
   assert md["train_pid_ids"] == [1, 5, 480, 932]
@@ -66,7 +40,7 @@ def test_split_sizes_and_metadata(built):
 def test_train_frames(built):
   builder, root = built
   train = read_split(builder, "train")
-  assert [ex["image_id"].decode() for ex in train] == [
+  assert image_ids(train) == [
       "c1s1_000151.jpg", "c1s1_000300.jpg", "c2s1_000010.jpg"]
   assert [int(ex["camera"]) for ex in train] == [1, 1, 2]
   boxes, pids = persons(train[0])
@@ -92,7 +66,7 @@ def test_train_frames(built):
 def test_test_frames_keep_prw_ids(built):
   builder, _ = built
   test = read_split(builder, "test")
-  assert [ex["image_id"].decode() for ex in test] == [
+  assert image_ids(test) == [
       "c3s2_000020.jpg", "c6s1_000033.jpg", "c2s1_000500.jpg"]
   assert [int(ex["camera"]) for ex in test] == [3, 6, 2]
   assert test[1]["image"].shape == (56, 72, 3)
@@ -113,8 +87,7 @@ def test_queries(built):
   builder, _ = built
   query = read_split(builder, "query")
   test = {ex["image_id"]: ex for ex in read_split(builder, "test")}
-  assert [ex["image_id"].decode() for ex in query] == [
-      "c3s2_000020.jpg", "c6s1_000033.jpg"]
+  assert image_ids(query) == ["c3s2_000020.jpg", "c6s1_000033.jpg"]
   assert [int(ex["query_pid"]) for ex in query] == [479, 933]
   assert [int(ex["camera"]) for ex in query] == [3, 6]
   np.testing.assert_allclose(query[0]["query_bbox"],
@@ -147,9 +120,7 @@ def test_count_warnings_name_both_numbers(tmp_path, caplog):
 
 def test_missing_frame_image_names_image_and_list(tmp_path):
   make_fake_raw.write_fake_raw(tmp_path / "m", skip_frames=["c6s1_000033"])
-  with pytest.raises(raw_io.RawFileMissingError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  msg = str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFileMissingError)
   root = tmp_path / "m" / make_fake_raw.ROOT_NAME
   assert str(root / "frames" / "c6s1_000033.jpg") in msg
   assert str(root / "frame_test.mat") in msg
@@ -160,26 +131,22 @@ def test_missing_frame_image_names_image_and_list(tmp_path):
 def test_frame_names_escaping_the_manual_dir_fail(tmp_path, bad):
   make_fake_raw.write_fake_raw(tmp_path / "m", test_names=[
       "c3s2_000020", bad, "c2s1_000500"])
-  with pytest.raises(raw_io.RawFormatError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  assert "frame_test.mat" in str(e.value) and repr(bad) in str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFormatError)
+  assert "frame_test.mat" in msg and repr(bad) in msg
 
 
 def test_truncated_annotation_names_the_file(tmp_path):
   root = make_fake_raw.write_fake_raw(tmp_path / "m")
   path = root / "annotations" / "c6s1_000033.jpg.mat"
   path.write_bytes(path.read_bytes()[:150])
-  with pytest.raises(raw_io.RawFormatError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  assert str(path) in str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFormatError)
+  assert str(path) in msg
 
 
 def test_unknown_annotation_variable_names_file_and_variants(tmp_path):
   root = make_fake_raw.write_fake_raw(
       tmp_path / "m", annotation_vars={"c2s1_000500": "boxes"})
-  with pytest.raises(raw_io.RawFormatError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  msg = str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFormatError)
   assert str(root / "annotations" / "c2s1_000500.jpg.mat") in msg
   assert "box_new" in msg and "anno_previous" in msg and "'boxes'" in msg
 
@@ -187,10 +154,9 @@ def test_unknown_annotation_variable_names_file_and_variants(tmp_path):
 def test_missing_query_info_names_path_and_step(tmp_path):
   root = make_fake_raw.write_fake_raw(tmp_path / "m")
   (root / "query_info.txt").unlink()
-  with pytest.raises(raw_io.RawFileMissingError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  assert str(root / "query_info.txt") in str(e.value)
-  assert "step 3" in str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFileMissingError)
+  assert str(root / "query_info.txt") in msg
+  assert "step 3" in msg
 
 
 @pytest.mark.parametrize("line,expect", [
@@ -202,7 +168,6 @@ def test_missing_query_info_names_path_and_step(tmp_path):
 def test_bad_query_line_names_file_and_line(tmp_path, line, expect):
   root = make_fake_raw.write_fake_raw(
       tmp_path / "m", query_lines=[make_fake_raw.QUERY_LINES[0], line])
-  with pytest.raises(raw_io.RawFormatError) as e:
-    build(tmp_path / "m", tmp_path / "d")
-  assert str(root / "query_info.txt") in str(e.value)
-  assert expect in str(e.value)
+  msg = build_error(tmp_path, raw_io.RawFormatError)
+  assert str(root / "query_info.txt") in msg
+  assert expect in msg

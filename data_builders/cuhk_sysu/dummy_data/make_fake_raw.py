@@ -26,14 +26,14 @@ needs (variable-name variant, bad names, missing files).
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 import scipy.io
+
+from data_builders import testing
 
 # name -> (width, height, grayscale)
 IMAGES = {
@@ -117,18 +117,6 @@ def _box(box: Sequence[int] | None, dtype: Any = None) -> np.ndarray:
   return np.asarray([box], dtype)
 
 
-def write_jpeg(path: pathlib.Path, width: int, height: int, gray: bool,
-               seed: int) -> None:
-  """A small real JPEG with a deterministic pattern."""
-  rng = np.random.default_rng(seed)
-  pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-  im = Image.fromarray(pixels)
-  if gray:
-    im = im.convert("L")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  im.save(path, format="JPEG", quality=90)
-
-
 def write_fake_raw(manual_dir: str | pathlib.Path, *,
                    image_names: Mapping[str, str] | None = None,
                    protocol_var: Mapping[int, str] | None = None,
@@ -149,7 +137,8 @@ def write_fake_raw(manual_dir: str | pathlib.Path, *,
   protocol_var = dict(protocol_var or {})
   for seed, (name, (w, h, gray)) in enumerate(IMAGES.items()):
     if name not in skip_images:
-      write_jpeg(root / "Image" / "SSM" / name, w, h, gray, seed)
+      testing.write_fake_jpeg(root / "Image" / "SSM" / name, w, h,
+                              seed=seed, gray=gray)
 
   ann = root / "annotation"
   tt = ann / "test" / "train_test"
@@ -197,11 +186,5 @@ def write_fake_raw(manual_dir: str | pathlib.Path, *,
   return root
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("manual_dir")
-  print(write_fake_raw(parser.parse_args().manual_dir))
-
-
 if __name__ == "__main__":
-  main()
+  testing.fake_raw_main(write_fake_raw, __doc__)

@@ -12,12 +12,10 @@ train ids (2, 7, 1500) that are not contiguous.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-from PIL import Image
+from data_builders import testing
 
 ROOT_NAME = "Market-1501-v15.09.15"
 CROP_WIDTH, CROP_HEIGHT = 64, 128
@@ -35,13 +33,6 @@ FILES = {
     "query": ["0003_c1s1_000020_00.jpg", "0010_c5s3_000050_00.jpg"],
     "gt_bbox": ["0003_c1s1_000020_00.jpg"],
 }
-
-
-def write_jpeg(path: pathlib.Path, seed: int) -> None:
-  rng = np.random.default_rng(seed)
-  pixels = rng.integers(0, 255, (CROP_HEIGHT, CROP_WIDTH, 3), dtype=np.uint8)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(pixels).save(path, format="JPEG", quality=90)
 
 
 def write_fake_raw(manual_dir: str | pathlib.Path, *,
@@ -66,7 +57,8 @@ def write_fake_raw(manual_dir: str | pathlib.Path, *,
     if folder in skip_folders:
       continue
     for name in names:
-      write_jpeg(root / folder / name, seed)
+      testing.write_fake_jpeg(root / folder / name, CROP_WIDTH, CROP_HEIGHT,
+                              seed=seed)
       seed += 1
     # Windows thumbnail caches sit in some official folders.
     (root / folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0not an image")
@@ -74,11 +66,5 @@ def write_fake_raw(manual_dir: str | pathlib.Path, *,
   return root
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("manual_dir")
-  print(write_fake_raw(parser.parse_args().manual_dir))
-
-
 if __name__ == "__main__":
-  main()
+  testing.fake_raw_main(write_fake_raw, __doc__)

@@ -20,13 +20,13 @@ holds the traps of the official files:
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 import scipy.io
+
+from data_builders import testing
 
 ROOT_NAME = "PRW-v16.04.20"
 
@@ -62,14 +62,6 @@ def _cell(items: Sequence[str]) -> np.ndarray:
   return arr
 
 
-def write_jpeg(path: pathlib.Path, width: int, height: int, seed: int
-               ) -> None:
-  rng = np.random.default_rng(seed)
-  pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(pixels).save(path, format="JPEG", quality=90)
-
-
 def write_fake_raw(manual_dir: str | pathlib.Path, *,
                    test_names: Sequence[str] | None = None,
                    annotation_vars: Mapping[str, str] | None = None,
@@ -91,7 +83,8 @@ def write_fake_raw(manual_dir: str | pathlib.Path, *,
   frames = {**TRAIN_FRAMES, **TEST_FRAMES}
   for seed, (name, (w, h, var, rows)) in enumerate(frames.items()):
     if name not in skip_frames:
-      write_jpeg(root / "frames" / f"{name}.jpg", w, h, seed)
+      testing.write_fake_jpeg(root / "frames" / f"{name}.jpg", w, h,
+                              seed=seed)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     matrix = np.asarray(rows, np.float64).reshape(-1, 5)
     scipy.io.savemat(root / "annotations" / f"{name}.jpg.mat",
@@ -110,11 +103,5 @@ def write_fake_raw(manual_dir: str | pathlib.Path, *,
   return root
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("manual_dir")
-  print(write_fake_raw(parser.parse_args().manual_dir))
-
-
 if __name__ == "__main__":
-  main()
+  testing.fake_raw_main(write_fake_raw, __doc__)
