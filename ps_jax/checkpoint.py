@@ -60,22 +60,42 @@ def restore_variables(workdir: str | pathlib.Path, step: int | None = None
                       ) -> tuple[dict[str, Any], dict[str, Any], int]:
   """Config, model variables and step of a checkpoint, for inference.
 
-  Returns (config as a plain dict, {"params": ..., <model_state collections>},
-  step). Nothing but the state's parameters and model state is needed, so no
-  abstract train state (and no optimizer) has to be rebuilt.
+  Orbax restores arrays with the shardings they were saved with, and refuses
+  a checkpoint written on other devices ("topology mismatch": trained on 8
+  devices, evaluated on 1). Inference needs no sharding, so every array is
+  restored onto one local device with the shapes and dtypes of the
+  checkpoint's metadata, whatever devices wrote it.
+
+  Only the parameters and model state are read: no abstract train state (and
+  no optimizer) has to be rebuilt.
+
+  Returns:
+    (config as a plain dict, {"params": ..., <model_state collections>},
+    step).
   """
   workdir = pathlib.Path(workdir)
-  mngr = manager(workdir, async_save=False)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
+  if not (workdir / "ckpt").is_dir():
     raise FileNotFoundError(
         f"no checkpoint in {workdir / 'ckpt'}: train first "
         f"(python train.py --workdir {workdir})")
-  if step not in mngr.all_steps():
-    raise FileNotFoundError(f"no checkpoint for step {step} in "
-                            f"{workdir / 'ckpt'}; have {mngr.all_steps()}")
+  mngr = manager(workdir, async_save=False)
+  steps = list(mngr.all_steps())
+  step = mngr.latest_step() if step is None else int(step)
+  if step is None or step not in steps:
+    raise FileNotFoundError(
+        f"no checkpoint{'' if step is None else f' for step {step}'} in "
+        f"{workdir / 'ckpt'}; have steps {steps}")
+  step_dir = ocp.step.find_step_path(
+      mngr.directory, ocp.step.standard_name_format(), step=step)
+  meta = ocp.StandardCheckpointHandler().metadata(
+      pathlib.Path(step_dir) / "state")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      meta, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
   restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+      state=ocp.args.StandardRestore(target),
+      config=ocp.args.JsonRestore()))
   state = restored["state"]
-  variables = {"params": state["params"], **state["model_state"]}
-  return restored["config"], variables, step
+  return (restored["config"],
+          {"params": state["params"], **state["model_state"]}, step)

@@ -29,6 +29,8 @@ CUHK-SYSU: the gallery of a query is its `TestG<n>` list of image ids
     AlignPS), `"unique"` drops duplicate entries entirely;
   * the full set (gallery size -1 = `FULL_SET`) is the TestG50 list plus every
     other gallery image as pure negatives, the query's own image excluded.
+    (`full_set_base` names another list size for datasets without TestG50
+    lists, e.g. small synthetic ones.)
     SeqNet/COAT add the images of the TestG50 list a second time, as
     negatives (their `tested` set is filled only after the negatives were
     added), so each of them, true match included, also appears once with
@@ -147,7 +149,7 @@ class Queries:
     galleries: CUHK-SYSU style only: gallery size -> Qn per-query lists of
       gallery images, each an int array of indices into the Gallery or a
       sequence of image ids (duplicates allowed, see the module docstring).
-      The full set uses the lists of size 50.
+      The full set extends the lists of size 50 (`full_set_base`).
     boxes: float [Qn, 4] query boxes, xyxy original pixels (not read by the
       protocols; kept for callers that visualize results).
   """
@@ -468,6 +470,7 @@ def eval_search_cuhk(gallery: Gallery,
                      det_thresh: float = 0.5,
                      duplicates: Duplicates = "seqnet",
                      full_set: FullSet = "seqnet",
+                     full_set_base: int = 50,
                      integer_gt_boxes: bool = True) -> dict[int, SearchResult]:
   """CUHK-SYSU protocol for each gallery size (see the module docstring).
 
@@ -477,12 +480,14 @@ def eval_search_cuhk(gallery: Gallery,
   Args:
     gallery: the gallery images (the test split), with embeddings.
     queries: the queries with `galleries[n]` for every requested size n
-      (size 50 for FULL_SET).
+      (size `full_set_base` for FULL_SET).
     gallery_sizes: sizes among 50, 100, 500, 1000, 2000, 4000 and FULL_SET
       (-1); any size present in `queries.galleries` works.
     det_thresh: keep gallery detections with score >= this.
     duplicates: "seqnet", "repeat" or "unique": duplicated gallery entries.
     full_set: "seqnet" or "psdb": the TestG50 images in the full set.
+    full_set_base: the gallery size whose lists the full set extends (the
+      reference: 50, TestG50).
     integer_gt_boxes: truncate GT boxes to integers like the reference data.
 
   Returns:
@@ -494,7 +499,7 @@ def eval_search_cuhk(gallery: Gallery,
   if full_set not in ("seqnet", "psdb"):
     raise ValueError(f"full_set={full_set!r}; expected 'seqnet' or 'psdb'.")
   for size in gallery_sizes:
-    key = 50 if size == FULL_SET else size
+    key = full_set_base if size == FULL_SET else size
     if key not in queries.galleries:
       raise ValueError(f"gallery size {size} needs Queries.galleries[{key}]; "
                        f"have sizes {sorted(queries.galleries)}.")
@@ -510,7 +515,7 @@ def eval_search_cuhk(gallery: Gallery,
   # any size needs a large part of them; every size then reads them.
   use_matmul = False
   for size in sizes:
-    key = 50 if size == FULL_SET else size
+    key = full_set_base if size == FULL_SET else size
     lists[size] = gallery_indices(gallery, queries.galleries[key],
                                   f"galleries[{key}]")
     listed_dets = np.mean([flat.det_count[l].sum() for l in lists[size][:50]]

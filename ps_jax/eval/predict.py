@@ -6,23 +6,33 @@
 
 that runs the model in prediction mode (P3 only), keeps a fixed `max_dets`
 detections per image (`models.person_search.predict_detections`: pre-NMS
-top-k, score threshold, NMS, score = cls x centerness, boxes in original
-pixels, L2-normalized embeddings) and the embedding of one query box per image
-(`query_embedding`: AlignPS's best-IoU detection, or the box centre).
+top-k, score threshold, NMS, score = cls x centerness, L2-normalized
+embeddings) and the embedding of one query box per image (`query_embedding`:
+AlignPS's best-IoU detection, or the box centre). Boxes go back to original
+pixels with the exact inverse of the pipeline's per-axis resize,
+x * orig_w / image_w and y * orig_h / image_h (mmdet's test-time
+`scale_factor` is per axis too).
 
 `predict_split` runs it over a whole split, batched and sharded over the mesh
 like training, and returns a `SplitPredictions` of plain NumPy arrays in the
 split's record order. Those are what the host-side protocols read, and what
 `save_predictions` caches so the protocols can be re-run with other options
 without the model. `Predictor` does the same for a user's own images
-(`ps_jax.search`).
+(`ps_jax.search`). `checkpoint.restore_variables` loads a checkpoint's parameters onto
+this process's devices, whatever devices wrote it.
+
+Multi-process: every process feeds its shard of the split (records p, p + n,
+...); the step's outputs are gathered on every process
+(`process_allgather`), so each process ends with the whole split's
+predictions in record order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
-import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from ps_jax import checkpoint
@@ -38,6 +49,11 @@ from ps_jax import models
 from ps_jax.data import augment
 from ps_jax.data import pipeline
 from ps_jax.models import person_search
+
+# The `config.eval` keys that change what the predict step computes (the
+# others, e.g. det_thresh, are protocol options applied to its output).
+PREDICT_KEYS = ("max_dets", "pre_nms_top_k", "score_threshold", "nms_iou",
+                "query_mode")
 
 
 @dataclasses.dataclass
@@ -51,10 +67,11 @@ class SplitPredictions:
     det_offsets: i64[R + 1]; record r's detections are rows
       det_offsets[r]:det_offsets[r + 1] of the arrays below.
     boxes: f32[T, 4] xyxy original pixels.
-    scores: f32[T] detection scores (cls x centerness).
+    scores: f32[T] detection scores (cls x centerness), descending within a
+      record.
     embeddings: f32[T, D] L2-normalized.
-    query_embeddings: f32[R, D] embedding of each record's query box (zeros
-      where no query box was given).
+    query_embeddings: f32[R, D] embedding of each record's query box (that
+      of the box (0, 0, 0, 0) where no query box was given).
     query_from_detection: bool[R] the query embedding came from a detection.
   """
   image_ids: np.ndarray
@@ -66,14 +83,36 @@ class SplitPredictions:
   query_embeddings: np.ndarray
   query_from_detection: np.ndarray
 
+  def __len__(self) -> int:
+    return len(self.image_ids)
+
   def dets(self, r: int) -> np.ndarray:
-    """f32[n, 5] (x1, y1, x2, y2, score) of record r."""
+    """f32[n, 5] (x1, y1, x2, y2, score) of record r, original pixels."""
     s, e = self.det_offsets[r], self.det_offsets[r + 1]
     return np.concatenate([self.boxes[s:e], self.scores[s:e, None]], axis=1)
 
   def feats(self, r: int) -> np.ndarray:
+    """f32[n, D] embeddings of record r's detections."""
     s, e = self.det_offsets[r], self.det_offsets[r + 1]
     return self.embeddings[s:e]
+
+  def check(self, where: str) -> None:
+    """Raises ValueError naming `where` if the arrays are inconsistent."""
+    r = len(self.image_ids)
+    t = int(self.det_offsets[-1]) if len(self.det_offsets) else -1
+    shapes = {"orig_hw": (r, 2), "det_offsets": (r + 1,), "boxes": (t, 4),
+              "scores": (t,), "query_from_detection": (r,)}
+    for name, shape in shapes.items():
+      if getattr(self, name).shape != shape:
+        raise ValueError(f"{where}: {name} has shape "
+                         f"{getattr(self, name).shape}, expected {shape}")
+    if (self.embeddings.ndim != 2 or self.embeddings.shape[0] != t
+        or self.query_embeddings.shape != (r, self.embeddings.shape[1])):
+      raise ValueError(f"{where}: embeddings {self.embeddings.shape} and "
+                       f"query_embeddings {self.query_embeddings.shape} do "
+                       f"not match {t} detections and {r} records")
+    if np.any(np.diff(self.det_offsets) < 0) or self.det_offsets[0] != 0:
+      raise ValueError(f"{where}: det_offsets are not cumulative counts")
 
 
 def save_predictions(pred: SplitPredictions, path: str | pathlib.Path) -> None:
@@ -90,49 +129,155 @@ def load_predictions(path: str | pathlib.Path) -> SplitPredictions:
   path = pathlib.Path(path)
   try:
     with np.load(path, allow_pickle=False) as f:
-      return SplitPredictions(**{k: f[k] for k in f.files})
-  except (OSError, ValueError, TypeError) as e:
+      pred = SplitPredictions(**{k: f[k] for k in f.files})
+    pred.check(str(path))
+  except (OSError, ValueError, TypeError, KeyError) as e:
     raise ValueError(f"{path}: not a ps_jax prediction cache ({e}); delete "
                      "it to predict again") from e
+  return pred
+
+
+def predict_settings(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """The `config.eval` values the predict step depends on (PREDICT_KEYS)."""
+  missing = [k for k in PREDICT_KEYS if k not in eval_cfg]
+  if missing:
+    raise ValueError(f"config.eval lacks {missing}; expected the keys of "
+                     "configs/common.py evaluation()")
+  out = {k: eval_cfg[k] for k in PREDICT_KEYS}
+  out.update(max_dets=int(out["max_dets"]),
+             pre_nms_top_k=int(out["pre_nms_top_k"]),
+             score_threshold=float(out["score_threshold"]),
+             nms_iou=float(out["nms_iou"]), query_mode=str(out["query_mode"]))
+  if out["query_mode"] not in ("best_iou", "center"):
+    raise ValueError(f"config.eval.query_mode={out['query_mode']!r}; "
+                     "expected 'best_iou' or 'center'")
+  return out
+
+
+# (model, settings) -> jitted step. Linen modules compare and hash by their
+# fields, so evaluating the same architecture twice in one process (after
+# training, or in tests) reuses the compiled step instead of recompiling.
+_STEPS: dict[Any, Any] = {}
 
 
 def make_predict_step(model: Any, eval_cfg: Mapping[str, Any]):
   """The jitted predict step for `model` with `config.eval` settings.
 
   Returns fn(variables, batch, query_boxes f32[B, 4] original pixels) ->
-  dict(boxes f32[B, M, 4], scores f32[B, M], embeddings f32[B, M, D],
-  valid bool[B, M], query_embedding f32[B, D], query_from_detection bool[B]).
+  dict(boxes f32[B, M, 4] original pixels, scores f32[B, M], embeddings
+  f32[B, M, D], valid bool[B, M], query_embedding f32[B, D],
+  query_from_detection bool[B], index i32[B], orig_hw i32[B, 2]). `batch`
+  needs image f32[B, H, W, 3], image_hw i32[B, 2], orig_hw i32[B, 2] (0 for
+  padding examples), index i32[B] and example_valid bool[B].
   """
+  settings = predict_settings(eval_cfg)
+  key = (model, tuple(sorted(settings.items())))
+  try:
+    return _STEPS[key]
+  except (KeyError, TypeError):  # TypeError: an unhashable stand-in model
+    pass
   norm_on_bbox = bool(getattr(model, "norm_on_bbox", True))
+  valid_only = bool(getattr(model, "head_sub_mean_valid_only", False))
 
   def step(variables, batch, query_boxes):
-    out = model.apply(variables, batch["image"], train=False)
+    image_hw = jnp.asarray(batch["image_hw"], jnp.float32)
+    orig_hw = jnp.asarray(batch["orig_hw"], jnp.float32)
+    kwargs = {"image_hw": batch["image_hw"]} if valid_only else {}
+    out = model.apply(variables, batch["image"], train=False, **kwargs)
+    # Per-axis (y, x) network px per original px: the exact inverse of the
+    # pipeline's resize. Padding examples (orig_hw = 0) get 1.
+    scale = jnp.where(orig_hw > 0, image_hw / jnp.maximum(orig_hw, 1.0), 1.0)
     pred = person_search.predict_detections(
-        out, batch["image_hw"], batch["scale"],
-        max_dets=int(eval_cfg["max_dets"]),
-        pre_nms_top_k=int(eval_cfg["pre_nms_top_k"]),
-        score_threshold=float(eval_cfg["score_threshold"]),
-        nms_iou=float(eval_cfg["nms_iou"]), norm_on_bbox=norm_on_bbox,
+        out, batch["image_hw"], scale, max_dets=settings["max_dets"],
+        pre_nms_top_k=settings["pre_nms_top_k"],
+        score_threshold=settings["score_threshold"],
+        nms_iou=settings["nms_iou"], norm_on_bbox=norm_on_bbox,
         orig_hw=batch["orig_hw"])
-    q = person_search.query_embedding(pred, query_boxes, out, batch["scale"],
-                                      mode=str(eval_cfg["query_mode"]))
+    q = person_search.query_embedding(pred, query_boxes, out, scale,
+                                      mode=settings["query_mode"])
     valid = pred["valid"] & batch["example_valid"][:, None]
     return {"boxes": pred["boxes"], "scores": pred["scores"],
             "embeddings": pred["embeddings"], "valid": valid,
             "query_embedding": q["embedding"],
-            "query_from_detection": q["from_detection"]}
-  return jax.jit(step)
+            "query_from_detection": q["from_detection"],
+            "index": batch["index"], "orig_hw": batch["orig_hw"]}
+
+  fn = jax.jit(step)
+  try:
+    _STEPS[key] = fn
+  except TypeError:
+    pass
+  return fn
 
 
-def _image_id(record: Mapping[str, Any]) -> str:
-  value = record["image_id"]
-  return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _progress(total: int, desc: str):
+def progress_bar(total: int, desc: str):
+  """A tqdm bar on process 0 when stderr is a terminal (else disabled)."""
   from tqdm import tqdm  # entry-point dependency, imported lazily
-  return tqdm(total=total, desc=desc, unit="img",
-              disable=not sys.stderr.isatty() or jax.process_index() != 0)
+  return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True,
+              disable=None if jax.process_index() == 0 else True)
+
+
+def _fetch(out: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+  """Global step outputs -> numpy on this host (all processes' rows)."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(dict(out), tiled=True)
+  return jax.device_get(dict(out))
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+  """Concatenation of arange(s, s + l) for each (s, l)."""
+  lengths = np.asarray(lengths, np.int64)
+  total = int(lengths.sum())
+  seg = np.cumsum(lengths) - lengths
+  return (np.repeat(np.asarray(starts, np.int64) - seg, lengths)
+          + np.arange(total, dtype=np.int64))
+
+
+class _Collector:
+  """Keeps the valid rows of each fetched batch (not M padded slots)."""
+
+  def __init__(self):
+    self.per_record = {k: [] for k in ("index", "count", "orig_hw",
+                                       "query_embedding",
+                                       "query_from_detection")}
+    self.per_det = {k: [] for k in ("boxes", "scores", "embeddings")}
+
+  def add(self, out: Mapping[str, np.ndarray]) -> int:
+    """Adds one fetched batch; returns its number of real records."""
+    keep = np.asarray(out["index"]) >= 0
+    valid = np.asarray(out["valid"])[keep]
+    self.per_record["index"].append(np.asarray(out["index"])[keep])
+    self.per_record["count"].append(valid.sum(axis=1))
+    for k in ("orig_hw", "query_embedding", "query_from_detection"):
+      self.per_record[k].append(np.asarray(out[k])[keep])
+    for k in self.per_det:
+      self.per_det[k].append(np.asarray(out[k])[keep][valid])
+    return int(keep.sum())
+
+  def finish(self, num: int, desc: str) -> dict[str, np.ndarray]:
+    rec = {k: np.concatenate(v) for k, v in self.per_record.items()}
+    det = {k: np.concatenate(v) for k, v in self.per_det.items()}
+    order = np.argsort(rec["index"], kind="stable")
+    if len(order) != num or np.any(rec["index"][order] != np.arange(num)):
+      raise RuntimeError(f"{desc}: predicted {len(order)} records of {num}; "
+                         "the eval stream lost or repeated records")
+    counts = rec["count"].astype(np.int64)
+    rows = _ranges((np.cumsum(counts) - counts)[order], counts[order])
+    rec = {k: v[order] for k, v in rec.items()}
+    det = {k: v[rows] for k, v in det.items()}
+    return {**rec, **det}
+
+
+def _global_eval_batch(data_cfg: Mapping[str, Any]) -> int:
+  """config.data's global eval batch, rounded up to a multiple of the
+  device count (padding examples fill it)."""
+  bs = int(data_cfg.get("eval_batch_size") or data_cfg["batch_size"])
+  ndev = jax.device_count()
+  rounded = math.ceil(bs / ndev) * ndev
+  if rounded != bs:
+    logging.info("eval batch %d -> %d: a multiple of the %d devices", bs,
+                 rounded, ndev)
+  return rounded
 
 
 def predict_split(predict_step, variables: Any, source: Sequence[Mapping],
@@ -146,70 +291,75 @@ def predict_split(predict_step, variables: Any, source: Sequence[Mapping],
     variables: the model variables, replicated on `mesh`.
     source: the split's random-access records (pipeline.data_source).
     data_cfg: the config's `data` section (test_scale, eval_batch_size, ...);
-      eval_batch_size is global and must divide over the devices.
+      eval_batch_size is global (rounded up to a multiple of the devices).
     mesh: the device mesh.
-    query_boxes: optional f32[R, 4] query box per record, original pixels.
+    query_boxes: optional f32[R, 4] query box per record, xyxy original
+      pixels.
+    desc: name of the split in the progress bar and in errors.
+  Returns:
+    The split's SplitPredictions (the same on every process).
   """
-  nproc = jax.process_count()
-  global_bs = int(data_cfg.get("eval_batch_size") or data_cfg["batch_size"])
-  if global_bs % jax.device_count():
-    raise ValueError(f"config.data.eval_batch_size={global_bs} must be a "
-                     f"multiple of the number of devices "
-                     f"({jax.device_count()})")
   num = len(source)
-  qboxes = (np.zeros((num, 4), np.float32) if query_boxes is None
-            else np.asarray(query_boxes, np.float32).reshape(num, 4))
-  per = {k: [] for k in ("index", "boxes", "scores", "embeddings", "valid",
-                         "query_embedding", "query_from_detection",
-                         "orig_hw")}
+  if num == 0:
+    raise ValueError(f"{desc}: the data source has no records")
+  qboxes = np.zeros((num, 4), np.float32)
+  if query_boxes is not None:
+    qboxes = np.asarray(query_boxes, np.float32)
+    if qboxes.shape != (num, 4):
+      raise ValueError(f"{desc}: query_boxes has shape {qboxes.shape}, "
+                       f"expected ({num}, 4) (one xyxy box per record)")
+  nproc = jax.process_count()
+  global_bs = _global_eval_batch(data_cfg)
   ids = np.full((num,), "", dtype=object)
-  bar = _progress(num, desc)
+  collector = _Collector()
+  bar = progress_bar(num, desc)
+  t0 = time.time()
+  pending = None
+  # One batch in flight: the next batch is prepared and dispatched before
+  # the previous one's outputs are fetched, so host work overlaps the device.
   for host in pipeline.eval_batches(source, data_cfg,
                                     eval_batch_size=global_bs // nproc):
-    index = host["index"]
-    q = qboxes[np.maximum(index, 0)]
+    for i, name in zip(host["index"], host["image_id"]):
+      if i >= 0:
+        ids[i] = str(name)
+    q = qboxes[np.maximum(host["index"], 0)]
     batch = mesh_lib.host_to_global(
         {k: v for k, v in host.items() if k != "image_id"}, mesh)
     q = mesh_lib.host_to_global({"q": q}, mesh)["q"]
     out = predict_step(variables, batch, q)
-    out["index"] = batch["index"]
-    out["orig_hw"] = batch["orig_hw"]
-    out = multihost_utils.process_allgather(out, tiled=True)
-    for k in per:
-      per[k].append(np.asarray(out[k]))
-    for i, name in zip(host["index"], host["image_id"]):
-      if i >= 0:
-        ids[i] = str(name)
-    bar.update(int(np.sum(host["example_valid"])) * nproc)
+    if pending is not None:
+      bar.update(collector.add(_fetch(pending)))
+    pending = out
+  if pending is not None:
+    bar.update(collector.add(_fetch(pending)))
   bar.close()
-  cat = {k: np.concatenate(v) for k, v in per.items()}
-  keep = cat["index"] >= 0
-  order = np.argsort(cat["index"][keep], kind="stable")
-  cat = {k: v[keep][order] for k, v in cat.items()}
-  if len(cat["index"]) != num or np.any(cat["index"] != np.arange(num)):
-    raise RuntimeError(f"{desc}: predicted {len(cat['index'])} records of "
-                       f"{num}; the eval stream lost or repeated records")
-  valid = cat["valid"]
-  counts = valid.sum(axis=1)
+  cat = collector.finish(num, desc)
+  logging.info("%s: %d images in %.1f s", desc, num, time.time() - t0)
   if nproc > 1:
     # Other processes' image ids are not on this host; read them back.
     ids = np.array([_image_id(source[r]) for r in range(num)], dtype=object)
+  counts = cat["count"]
   return SplitPredictions(
       image_ids=ids.astype(str),
       orig_hw=cat["orig_hw"].astype(np.int32),
       det_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-      boxes=cat["boxes"][valid].astype(np.float32),
-      scores=cat["scores"][valid].astype(np.float32),
-      embeddings=cat["embeddings"][valid].astype(np.float32),
+      boxes=cat["boxes"].astype(np.float32),
+      scores=cat["scores"].astype(np.float32),
+      embeddings=cat["embeddings"].astype(np.float32),
       query_embeddings=cat["query_embedding"].astype(np.float32),
       query_from_detection=cat["query_from_detection"].astype(bool))
+
+
+def _image_id(record: Mapping[str, Any]) -> str:
+  value = record["image_id"]
+  return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Predictor:
   """A trained model applied to a user's own images (`ps_jax.search`).
 
   Images of any size are resized into the config's test bucket, like the
-  evaluation pipeline does, one image per call of the jitted step (each
+  evaluation pipeline does, one image per call of the jitted step (the
   bucket compiles once).
   """
 
@@ -219,7 +369,8 @@ class Predictor:
     self._model = model
     self._step = make_predict_step(model, config["eval"])
     self._data = pipeline.PipelineConfig.from_config(config["data"])
-    self.embedding_dim = int(config["model"]["reid_dim"])
+    self.embedding_dim = int(config["model"]["reid_dim"]
+                             or config["model"]["neck_channels"])
 
   @classmethod
   def from_workdir(cls, workdir: str | pathlib.Path,
@@ -237,7 +388,9 @@ class Predictor:
     cfg = self._data
     ex = {"image": image, "boxes_xyxy": np.zeros((0, 4), np.float32),
           "pids": np.zeros((0,), np.int32), "image_id": "", "index": 0,
-          "orig_hw": np.array(image.shape[:2], np.int32)}
+          "image_hw": np.array(image.shape[:2], np.int32),
+          "orig_hw": np.array(image.shape[:2], np.int32),
+          "scale": np.float32(1.0)}
     canvas = augment.padded_size(cfg.test_scale, cfg.size_divisor)
     ex = augment.resize_to_bucket(ex, None, bucket_hw=cfg.test_scale)
     ex = augment.normalize(ex, None, mode=cfg.normalization)
@@ -247,6 +400,7 @@ class Predictor:
         "image_hw": np.asarray(ex["image_hw"], np.int32)[None],
         "orig_hw": np.asarray(ex["orig_hw"], np.int32)[None],
         "scale": np.asarray([ex["scale"]], np.float32),
+        "index": np.zeros((1,), np.int32),
         "example_valid": np.ones((1,), bool),
     }
 
@@ -277,4 +431,3 @@ class Predictor:
       raise ValueError(f"query box {box.tolist()} is empty or not finite; "
                        "expected x1 < x2 and y1 < y2 in pixels")
     return np.asarray(self._run(image, box)["query_embedding"][0])
-

@@ -31,6 +31,10 @@ Post-processing (reference-systems.md §2.7, mmdet `_get_bboxes_single` and
   sigmoid(cls) * sigmoid(ctr); the best `max_dets` (100) survive. Boxes are
   then divided by `scale` (original-image pixels) and embeddings are
   L2-normalized. Every output has a fixed size with a `valid` mask.
+  `scale` is one factor per image, or per axis (y, x) = image_hw / orig_hw:
+  the input pipeline resizes boxes per axis (as mmdet, whose test-time
+  `scale_factor` is per axis too), so only the per-axis factors invert it
+  exactly; the single factor is off by up to half a network pixel.
   `query_embedding`: the embedding for a query box, either AlignPS's rule
   (the detection with the largest IoU, +1-pixel convention, with the query
   box supplies it) or the P3 point nearest the box centre.
@@ -198,6 +202,18 @@ class AlignPS(nn.Module):
     return backbone_lib.trainable_mask(params, self.is_frozen)
 
 
+def _scale_xy(scale: Array, b: int, where: str) -> Array:
+  """f32[B, 2] (x, y) network pixels per original pixel from f32[B] (one
+  factor) or f32[B, 2] (per axis, (y, x) like image_hw)."""
+  scale = jnp.asarray(scale, jnp.float32)
+  if scale.shape == (b,):
+    return jnp.stack([scale, scale], axis=-1)
+  if scale.shape == (b, 2):
+    return scale[:, ::-1]
+  raise ValueError(f"{where}: scale must be f32[{b}] or f32[{b}, 2] (y, x), "
+                   f"got shape {scale.shape}.")
+
+
 def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
   """x / max(||x||, eps) over the last axis (torch F.normalize)."""
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
@@ -218,7 +234,9 @@ def predict_detections(outputs: dict[str, Array], image_hw: Array,
       f32[B, P, D], points f32[P, 2], strides f32[P].
     image_hw: i32[B, 2] valid (height, width) of each resized image inside
       the padded input, network pixels; boxes are clipped to it.
-    scale: f32[B] network pixels per original pixel.
+    scale: f32[B] network pixels per original pixel, or f32[B, 2] per axis
+      (y, x), e.g. image_hw / orig_hw (the exact inverse of the pipeline's
+      resize).
     max_dets: detections kept per image M (static).
     pre_nms_top_k: candidates by sigmoid(cls) * sigmoid(ctr) before the
       score threshold and NMS (static).
@@ -240,15 +258,14 @@ def predict_detections(outputs: dict[str, Array], image_hw: Array,
   points = outputs["points"].astype(jnp.float32)
   point_strides = outputs["strides"].astype(jnp.float32)
   b, p = cls.shape
-  if image_hw.shape != (b, 2) or jnp.shape(scale) != (b,):
-    raise ValueError(f"predict_detections: image_hw must be i32[{b}, 2] and "
-                     f"scale f32[{b}], got {image_hw.shape} and "
-                     f"{jnp.shape(scale)}.")
+  if image_hw.shape != (b, 2):
+    raise ValueError(f"predict_detections: image_hw must be i32[{b}, 2], got "
+                     f"{image_hw.shape}.")
   k = max(1, min(int(pre_nms_top_k), p))
   hw = jnp.asarray(image_hw, jnp.float32)
-  scale = jnp.asarray(scale, jnp.float32)
+  scale_xyxy = jnp.tile(_scale_xy(scale, b, "predict_detections"), (1, 2))
 
-  def one(cls_i, ctr_i, ltrb_i, emb_i, hw_i, scale_i):
+  def one(cls_i, ctr_i, ltrb_i, emb_i, hw_i, scale_i):  # scale_i: [4]
     score = cls_i * ctr_i  # [P]
     _, idx = jax.lax.top_k(score, k)  # [k]
     dist = ltrb_i[idx]  # [k, 4]
@@ -271,7 +288,7 @@ def predict_detections(outputs: dict[str, Array], image_hw: Array,
     return out_boxes, out_scores, out_emb, point_index, keep_valid
 
   boxes, scores, embs, point_index, valid = jax.vmap(one)(
-      cls, ctr, ltrb, emb, hw, scale)
+      cls, ctr, ltrb, emb, hw, scale_xyxy)
   if orig_hw is not None:
     ohw = jnp.asarray(orig_hw, jnp.float32)
     boxes = jnp.minimum(
@@ -315,12 +332,13 @@ def center_embedding(outputs: dict[str, Array], query_boxes: Array,
     outputs: model outputs with reid_emb f32[B, P, D], points f32[P, 2],
       levels i32[P].
     query_boxes: f32[B, 4] xyxy, original-image pixels.
-    scale: f32[B] network pixels per original pixel.
+    scale: f32[B] network pixels per original pixel, or f32[B, 2] per axis
+      (y, x).
   Returns:
     (embedding f32[B, D] L2-normalized, point_index i32[B] into P).
   """
-  scale = jnp.asarray(scale, jnp.float32)
-  centre = 0.5 * (query_boxes[:, :2] + query_boxes[:, 2:]) * scale[:, None]
+  scale_xy = _scale_xy(scale, query_boxes.shape[0], "center_embedding")
+  centre = 0.5 * (query_boxes[:, :2] + query_boxes[:, 2:]) * scale_xy
   d2 = jnp.sum(jnp.square(outputs["points"][None] - centre[:, None]),
                axis=-1)  # [B, P]
   d2 = jnp.where(outputs["levels"][None] == 0, d2, jnp.inf)
@@ -341,7 +359,8 @@ def query_embedding(pred: dict[str, Array], query_boxes: Array,
     query_boxes: f32[B, 4] xyxy query boxes, original-image pixels.
     outputs: the model outputs the predictions came from (for 'center' and
       the fallback).
-    scale: f32[B] network pixels per original pixel.
+    scale: f32[B] network pixels per original pixel, or f32[B, 2] per axis
+      (y, x).
     mode: 'best_iou' (AlignPS): the valid detection with the largest IoU
       (+1-pixel convention) supplies the embedding; if no valid detection
       overlaps the query at all, fall back to the centre read-out.

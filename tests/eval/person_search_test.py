@@ -157,6 +157,22 @@ def test_full_set_true_match_beats_its_own_copy():
   assert res.ap[0] == 1.0 and res.hits[0, 0]
 
 
+def test_full_set_base_names_the_lists_it_extends():
+  gallery = _hand_gallery()
+  lists = [["g0", "g1", "g2", "g3"], ["g3"]]
+  # The same lists stored under size 10: the full set extends them exactly
+  # as it extends TestG50 (the hand-computed SeqNet AP of `test_full_set`).
+  got = ps.eval_search_cuhk(gallery, _queries(lists, [1, 1], size=10),
+                            [10, FULL_SET], full_set_base=10)
+  want = ps.eval_search_cuhk(gallery, _queries(lists, [1, 1]), [FULL_SET])
+  assert got[FULL_SET].ap[0] == pytest.approx((1 / 4 + 2 / 9) / 2 * 2 / 3)
+  np.testing.assert_array_equal(got[FULL_SET].ap, want[FULL_SET].ap)
+  np.testing.assert_array_equal(got[FULL_SET].hits, want[FULL_SET].hits)
+  with pytest.raises(ValueError, match=r"galleries\[50\]"):
+    ps.eval_search_cuhk(gallery, _queries(lists, [1, 1], size=10),
+                        [FULL_SET])
+
+
 def test_tied_scores():
   # The true match and a negative share similarity 0.7: one threshold
   # (AP 1/2), and the tie ranks the negative first (no top-1).

@@ -1,0 +1,195 @@
+"""Evaluate a person-search model on its dataset's protocol.
+
+  python -m ps_jax.eval --workdir workdir/synthetic
+  python -m ps_jax.eval --workdir workdir/synthetic --step 600 --det_thresh 0.5
+  python -m ps_jax.eval --workdir workdir/synthetic --untrained
+  python -m ps_jax.eval --workdir workdir/synthetic --baseline color_hist
+  python -m ps_jax.eval --workdir /tmp/w --config configs/alignps_cuhk.py
+
+The config is the one saved with the checkpoint unless --config names a
+config file (`path.py` or `path.py:arg`); --det_thresh, --query_mode,
+--gallery_sizes and --data_dir override its `eval` / `dataset` entries. The
+table goes to stdout, the results to <workdir>/eval_results.json
+(eval_results_untrained.json, eval_results_color_hist.json for the
+baselines), predictions to <workdir>/eval_cache/ (re-used by later runs
+with the same model, dataset and predict settings; --no_cache predicts
+again). Exit status: 0 on success, 1 when the evaluation cannot run (no
+checkpoint, a dataset without a query split, a bad option), with the reason
+on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from absl import flags
+from absl import logging
+
+
+def _gallery_sizes(text: str) -> tuple[int, ...]:
+  sizes = []
+  for item in text.split(","):
+    item = item.strip().lower()
+    if not item:
+      continue
+    if item in ("full", "full_set", "-1"):
+      sizes.append(-1)
+      continue
+    try:
+      sizes.append(int(item))
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f"{item!r} is not a gallery size (an integer, or 'full')") from None
+  return tuple(sizes)
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m ps_jax.eval",
+      description="Evaluate a trained person-search model (a checkpoint in "
+                  "a training workdir), an untrained one or a colour-"
+                  "histogram baseline on the dataset's protocol: CUHK-SYSU "
+                  "style (mAP/top-k per gallery size and the full set) or "
+                  "PRW style (all frames / other cameras), plus detection "
+                  "recall and AP.",
+      epilog="Results: <workdir>/eval_results.json (eval_results_untrained"
+             ".json, eval_results_color_hist.json); cached predictions: "
+             "<workdir>/eval_cache/.")
+  p.add_argument("--workdir", required=True,
+                 help="training workdir: checkpoints are read from "
+                      "<workdir>/ckpt, results written here")
+  p.add_argument("--config", default=None,
+                 help="config file (configs/x.py or configs/x.py:arg); "
+                      "default: the config saved with the checkpoint")
+  p.add_argument("--step", type=int, default=None,
+                 help="checkpoint step (default: the latest)")
+  which = p.add_mutually_exclusive_group()
+  which.add_argument("--untrained", action="store_true",
+                     help="evaluate the freshly initialised model (the "
+                          "weights training starts from), a baseline")
+  which.add_argument("--baseline", choices=("color_hist",), default=None,
+                     help="evaluate a model-free baseline: ground-truth "
+                          "gallery boxes with HSV colour-histogram "
+                          "embeddings")
+  p.add_argument("--det_thresh", type=float, default=None,
+                 help="gallery detections with score >= this take part in "
+                      "search (default: config.eval.det_thresh)")
+  p.add_argument("--query_mode", choices=("best_iou", "center"),
+                 default=None,
+                 help="query embedding: best_iou (AlignPS: the detection "
+                      "overlapping the query box most) or center (the "
+                      "feature at the box centre); default: "
+                      "config.eval.query_mode")
+  p.add_argument("--gallery_sizes", type=_gallery_sizes, default=None,
+                 help="CUHK-style gallery sizes to report, comma-separated, "
+                      "'full' (or -1) for the full set, e.g. 50,100,full "
+                      "(default: config.eval.gallery_sizes, or every size "
+                      "of the dataset plus the full set where its lists hold "
+                      "every gallery image of the target)")
+  p.add_argument("--data_dir", default=None,
+                 help="where the TFDS dataset lives, if not where the "
+                      "config says")
+  p.add_argument("--output", default=None,
+                 help="results JSON file (default: in --workdir)")
+  p.add_argument("--no_cache", action="store_true",
+                 help="predict again even if cached predictions exist")
+  p.add_argument("-v", "--verbose", action="store_true",
+                 help="log progress (absl INFO) to stderr")
+  return p
+
+
+def load_config_file(spec: str) -> Any:
+  """`get_config()` (or `get_config(arg)`) of a config file `path[:arg]`."""
+  path, _, arg = spec.partition(":")
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise FileNotFoundError(f"--config: no config file {file}")
+  module_spec = importlib.util.spec_from_file_location(
+      f"_ps_jax_eval_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    from ps_jax.eval.run import EvalError  # lazy: imports jax
+    raise EvalError(f"--config: {file} has no get_config()")
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _checkpoint_config(workdir: pathlib.Path, step: int | None) -> Any:
+  """The config saved with a checkpoint, without restoring the state."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from ps_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  mngr = checkpoint.manager(workdir, async_save=False)
+  steps = mngr.all_steps()
+  step = mngr.latest_step() if step is None else step
+  if step is None or step not in steps:
+    raise FileNotFoundError(
+        f"no checkpoint{'' if step is None else f' for step {step}'} in "
+        f"{workdir / 'ckpt'} to read the config from (have {list(steps)}); "
+        "pass --config")
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      config=ocp.args.JsonRestore()))
+  return ml_collections.ConfigDict(restored["config"])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Evaluates as `args` say; returns the results dict."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from ps_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from ps_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from ps_jax.eval import run as run_lib  # pylint: disable=g-import-not-at-top
+
+  mesh_lib.maybe_initialize_distributed()
+  workdir = pathlib.Path(args.workdir)
+  variables, step = None, args.step
+  config = load_config_file(args.config) if args.config else None
+  needs_checkpoint = not (args.untrained or args.baseline)
+  if (needs_checkpoint or config is None) and not (workdir / "ckpt").is_dir():
+    raise FileNotFoundError(
+        f"no checkpoint in {workdir / 'ckpt'}: train first (python train.py "
+        f"--workdir {workdir})" + ("" if needs_checkpoint else
+                                   ", or pass --config"))
+  if needs_checkpoint:
+    saved, variables, step = checkpoint.restore_variables(workdir, step)
+    config = config or ml_collections.ConfigDict(saved)
+  elif config is None:
+    config = _checkpoint_config(workdir, step)
+  overrides = {"det_thresh": args.det_thresh, "query_mode": args.query_mode,
+               "gallery_sizes": args.gallery_sizes}
+  for key, value in overrides.items():
+    if value is not None:
+      config.eval[key] = value
+  if args.data_dir:
+    config.dataset.data_dir = args.data_dir
+  return run_lib.evaluate(config, workdir, variables=variables, step=step,
+                          untrained=args.untrained, baseline=args.baseline,
+                          use_cache=not args.no_cache, output=args.output)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The command line; returns the exit status."""
+  args = _parser().parse_args(argv)
+  # Grain worker processes read absl flags (stack-notes GOTCHA 3).
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
+  import jax  # pylint: disable=g-import-not-at-top
+  from ps_jax.eval import run as run_lib  # pylint: disable=g-import-not-at-top
+  try:
+    results = run(args)
+  except (FileNotFoundError, run_lib.EvalError) as e:
+    print(f"python -m ps_jax.eval: error: {e}", file=sys.stderr)
+    return 1
+  if jax.process_index() == 0:
+    print(run_lib.format_table(results))
+    print(f"results: {results['output']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
