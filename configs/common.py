@@ -105,11 +105,13 @@ def run(*, num_steps: int, log_every: int, checkpoint_every: int,
 def evaluation(*, det_thresh: float, query_mode: str = "best_iou",
                max_dets: int = 100, score_threshold: float = 0.05,
                nms_iou: float = 0.5, pre_nms_top_k: int = 1000,
-               gallery_sizes=(), cross_camera: bool = False
-               ) -> ml_collections.ConfigDict:
-  """Prediction post-processing and protocol options (`ps_jax.eval`)."""
+               gallery_sizes=()) -> ml_collections.ConfigDict:
+  """Prediction post-processing and protocol options (`ps_jax.eval`).
+
+  `gallery_sizes` lists the CUHK-style gallery sizes to report (empty: every
+  size the dataset stores); PRW-style datasets always report both the
+  all-cameras and the cross-camera gallery."""
   return ml_collections.ConfigDict(dict(
       det_thresh=det_thresh, query_mode=query_mode, max_dets=max_dets,
       score_threshold=score_threshold, nms_iou=nms_iou,
-      pre_nms_top_k=pre_nms_top_k, gallery_sizes=tuple(gallery_sizes),
-      cross_camera=cross_camera))
+      pre_nms_top_k=pre_nms_top_k, gallery_sizes=tuple(gallery_sizes)))
