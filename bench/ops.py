@@ -101,10 +101,17 @@ def _dcn_cases(rng):
                   argnums=(0, 1, 2))
   yield "deform_conv2d fwd+bwd", "same, grad wrt x, offsets, kernel", grad, (
       x, offsets, kernel)
+  grad_v2 = jax.grad(lambda x, o, k, m: jnp.sum(fwd_v2(x, o, k, m) ** 2),
+                     argnums=(0, 1, 2, 3))
+  yield ("deform_conv2d v2 fwd+bwd", "same, modulated, grad wrt all 4",
+         grad_v2, (x, offsets, kernel, mask))
   conv = lambda x, k: jax.lax.conv_general_dilated(
       x, k, (1, 1), ((1, 1), (1, 1)),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
   yield "(regular conv fwd)", "same, for scale", conv, (x, kernel)
+  conv_grad = jax.grad(lambda x, k: jnp.sum(conv(x, k) ** 2), argnums=(0, 1))
+  yield "(regular conv fwd+bwd)", "same, grad wrt x, kernel", conv_grad, (
+      x, kernel)
 
 
 def _fcos_cases(rng):

@@ -17,13 +17,24 @@ Conventions:
     offset group c // (Cin // G). Weights imported from torchvision or mmcv
     therefore only need their offset/mask tensors moved from NCHW to NHWC.
 
-Everything is gathers plus one contraction (im2col style); the only Python
-loop is over the four bilinear neighbours. It jits, vmaps and differentiates
-with respect to the input, offsets, mask and kernel. The gradient wrt a sample
-position is the one of the bilinear blend (zero across integer positions'
-measure-zero kinks, like torchvision's own backward).
+Sampling reads the four neighbours from the map padded by one zero pixel, so
+neighbours outside the image read the padding without per-neighbour masks.
+`deform_conv2d` visits the kernel taps one at a time (`lax.scan`): each step
+gathers that tap's samples for the whole batch (one flat gather index over
+images, pixels and groups) and multiplies them with that tap's kernel slice.
+Its backward pass is written by hand (`jax.custom_vjp`). It keeps only the
+inputs and regathers the samples, as mmcv's kernels do; per tap, the kernel
+gradient comes from the samples, the input gradient from scatter-adding the
+weighted sample gradients, and the offset and mask gradients from dot
+products of each neighbour's values with the sample gradient. (Autodiff of
+the gathers was several times slower on XLA:CPU.) The gradient wrt a sample
+position is the one of the bilinear blend: zero across integer positions'
+measure-zero kinks and outside the map, like torchvision's own backward.
+`deform_conv2d` supports first-order reverse mode (grad, vjp) only, not jvp
+or higher orders; `bilinear_sample` is plain jnp and supports all.
 """
-from typing import Sequence, Union
+import functools
+from typing import NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -31,39 +42,69 @@ import jax.numpy as jnp
 Padding = Union[int, Sequence[int], Sequence[Sequence[int]]]
 
 
-def _sample_groups(image: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
-  """Zero-padded bilinear sampling, one sample position per channel group.
+def _corners(y: jax.Array, x: jax.Array, height: int, width: int):
+  """Bilinear neighbours of sample positions, in the map padded by 1 pixel.
 
   Args:
-    image: f32[H, W, G, Cg] map whose channels are split into G groups.
-    y: f32[..., G] row coordinates, pixels.
-    x: f32[..., G] column coordinates, pixels; same shape as `y`.
+    y: f32[...] row coordinates, pixels of the unpadded H x W map.
+    x: f32[...] column coordinates, pixels; same shape as `y`.
+    height: H.
+    width: W.
 
   Returns:
-    f32[..., G, Cg]: group g of `image` sampled at (y[..., g], x[..., g]).
+    (row, col, ly, lx, inside): i32[...] row and column of the top-left
+    neighbour in the map padded by one zero pixel on each side, f32[...]
+    fractional parts y - floor(y) and x - floor(x), and bool[...] whether
+    the sample lies inside (-1, H) x (-1, W). All four neighbours of an
+    inside sample lie in the padded map, and those outside the image read
+    its zero padding; other samples (NaN included) point at (0, 0) and get
+    weight 0.
   """
-  height, width, groups, cg = image.shape
-  flat = image.reshape(height * width * groups, cg)  # [H*W*G, Cg]
-  group = jnp.arange(groups, dtype=jnp.int32)
   inside = (y > -1) & (y < height) & (x > -1) & (x < width)
-  y0f = jnp.floor(y)
-  x0f = jnp.floor(x)
+  y0 = jnp.floor(y)
+  x0 = jnp.floor(x)
   # Fractions keep their gradient wrt y and x; floor itself has none.
-  ly = y - y0f
-  lx = x - x0f
-  y0 = y0f.astype(jnp.int32)
-  x0 = x0f.astype(jnp.int32)
+  ly = y - y0
+  lx = x - x0
+  # Pointing outside samples at (0, 0) keeps every index in bounds without
+  # clipping (and without casting huge or NaN coordinates to int).
+  row = jnp.where(inside, y0 + 1, 0).astype(jnp.int32)
+  col = jnp.where(inside, x0 + 1, 0).astype(jnp.int32)
+  return row, col, ly, lx, inside
+
+
+def _weights(ly: jax.Array, lx: jax.Array,
+             inside: jax.Array) -> tuple[jax.Array, ...]:
+  """Bilinear weights from the outputs of `_corners`.
+
+  Returns:
+    4 x f32[...]: weights of the top-left, top-right, bottom-left and
+    bottom-right neighbours; 0 for samples outside (-1, H) x (-1, W).
+  """
+  hy = 1.0 - ly
+  hx = 1.0 - lx
+  return tuple(jnp.where(inside, wy * wx, 0.0)
+               for wy, wx in ((hy, hx), (hy, lx), (ly, hx), (ly, lx)))
+
+
+def _blend(flat: jax.Array, top_left: jax.Array, steps: Sequence[int],
+           weights: Sequence[jax.Array]) -> jax.Array:
+  """Blends neighbours: sum_n weights[n] * flat[top_left + steps[n]].
+
+  Args:
+    flat: f32[R, Cg] rows of the padded map.
+    top_left: i32[...] row of each sample's top-left neighbour.
+    steps: row steps to the four neighbours.
+    weights: 4 x f32[...] neighbour weights.
+
+  Returns:
+    f32[..., Cg], summed in the order top-left, top-right, bottom-left,
+    bottom-right.
+  """
   out = 0.0
-  for dy, wy in ((0, 1.0 - ly), (1, ly)):
-    for dx, wx in ((0, 1.0 - lx), (1, lx)):
-      yy = y0 + dy
-      xx = x0 + dx
-      ok = inside & (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-      idx = (jnp.clip(yy, 0, height - 1) * width
-             + jnp.clip(xx, 0, width - 1)) * groups + group
-      weight = jnp.where(ok, wy * wx, 0.0).astype(image.dtype)
-      values = jnp.take(flat, idx, axis=0, mode="clip")  # [..., G, Cg]
-      out = out + weight[..., None] * values
+  for step, weight in zip(steps, weights):
+    values = jnp.take(flat, top_left + step, axis=0, mode="clip")
+    out = out + weight.astype(flat.dtype)[..., None] * values
   return out
 
 
@@ -99,8 +140,13 @@ def bilinear_sample(image: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
     raise ValueError(
         f"bilinear_sample: image must be f32[H, W, C] or f32[B, H, W, C], "
         f"got shape {image.shape}.")
-  out = _sample_groups(image[:, :, None, :], y[..., None], x[..., None])
-  return out[..., 0, :]
+  height, width, channels = image.shape
+  row, col, ly, lx, inside = _corners(y, x, height, width)
+  padded = jnp.pad(image, ((1, 1), (1, 1), (0, 0)))
+  flat = padded.reshape((height + 2) * (width + 2), channels)
+  steps = (0, 1, width + 2, width + 3)
+  return _blend(flat, row * (width + 2) + col, steps,
+                _weights(ly, lx, inside))
 
 
 def _pair(value: Union[int, Sequence[int]], name: str) -> tuple[int, int]:
@@ -226,34 +272,240 @@ def deform_conv2d(
           f"deform_conv2d: mask must have shape {want} (B, Ho, Wo, "
           f"offset_groups*kh*kw), got {mask.shape}.")
 
-  # Undeformed sampling grid: base[o, t] = o * stride - pad + tap * dilation.
-  tap_i, tap_j = jnp.divmod(jnp.arange(taps), kw)
-  base_y = (jnp.arange(out_h)[:, None] * sh - pt
-            + tap_i[None, :] * dh).astype(jnp.float32)  # [Ho, K]
-  base_x = (jnp.arange(out_w)[:, None] * sw - pl
-            + tap_j[None, :] * dw).astype(jnp.float32)  # [Wo, K]
-  out_dtype = jnp.result_type(x.dtype, kernel.dtype)
+  geometry = _Geometry(
+      groups=groups, out_h=out_h, out_w=out_w, kh=kh, kw=kw, stride=(sh, sw),
+      top_left_pad=(pt, pl), dilation=(dh, dw))
+  return _deform_conv(geometry, x, offsets, kernel, mask)
 
-  # Rematerialised: the backward pass recomputes the sampled columns instead
-  # of keeping them (9x the input for 3x3, and 4x that for the bilinear
-  # corners), like mmcv's CUDA kernels; only the inputs are saved.
-  @jax.checkpoint
-  def conv(x, offsets, kernel, mask):
-    offsets = offsets.reshape(batch, out_h, out_w, groups, taps, 2)
-    pos_y = base_y[None, :, None, None, :] + offsets[..., 0]  # [B,Ho,Wo,G,K]
-    pos_x = base_x[None, None, :, None, :] + offsets[..., 1]  # [B,Ho,Wo,G,K]
-    # Put the group axis last so that each group samples its own channels.
-    pos_y = jnp.swapaxes(pos_y, -1, -2)  # [B, Ho, Wo, K, G]
-    pos_x = jnp.swapaxes(pos_x, -1, -2)
-    image = x.reshape(batch, height, width, groups, cin // groups)
-    cols = jax.vmap(_sample_groups)(image, pos_y, pos_x)  # [B,Ho,Wo,K,G,Cg]
-    if mask is not None:
-      m = mask.reshape(batch, out_h, out_w, groups, taps)
-      cols = cols * jnp.swapaxes(m, -1, -2)[..., None].astype(cols.dtype)
-    cols = cols.reshape(batch, out_h, out_w, taps * cin)  # [B,Ho,Wo,K*Cin]
-    weights = kernel.reshape(taps * cin, cout)  # [K*Cin, Cout]
-    out = jnp.dot(cols, weights.astype(cols.dtype),
-                  preferred_element_type=jnp.float32)
-    return out.astype(out_dtype)
 
-  return conv(x, offsets, kernel, mask)
+class _Geometry(NamedTuple):
+  """Static sizes of a deformable convolution (hashable for custom_vjp)."""
+  groups: int
+  out_h: int
+  out_w: int
+  kh: int
+  kw: int
+  stride: tuple[int, int]
+  top_left_pad: tuple[int, int]
+  dilation: tuple[int, int]
+
+
+class _Samples(NamedTuple):
+  """Where the taps read the input; tap-major arrays are [K, B, Ho, Wo, G]."""
+  flat: jax.Array  # f32[B * (H+2) * (W+2) * G, Cg]: padded input rows.
+  steps: tuple[int, int, int, int]  # Row steps to the 4 neighbours.
+  top_left: jax.Array  # i32[K, B, Ho, Wo, G]: top-left neighbour's row.
+  ly: jax.Array  # f32[K, B, Ho, Wo, G]: fractional row position.
+  lx: jax.Array  # f32[K, B, Ho, Wo, G]: fractional column position.
+  inside: jax.Array  # bool[K, B, Ho, Wo, G]: sample in (-1, H) x (-1, W).
+
+
+def _samples(geometry: _Geometry, x: jax.Array,
+             offsets: jax.Array) -> _Samples:
+  """Sample positions of every tap, output pixel and group.
+
+  Args:
+    geometry: static sizes.
+    x: f32[B, H, W, Cin] input map.
+    offsets: f32[B, Ho, Wo, 2 * G * K] offsets, K = kh * kw.
+
+  Returns:
+    The input as f32[B * (H + 2) * (W + 2) * G, Cg] rows (padded by one zero
+    pixel, one row per pixel and group) and each sample's neighbours in it.
+  """
+  g = geometry
+  batch, height, width, cin = x.shape
+  taps = g.kh * g.kw
+  sh, sw = g.stride
+  pt, pl = g.top_left_pad
+  dh, dw = g.dilation
+  # Undeformed sampling grid: base[t, o] = o * stride - pad + tap * dilation.
+  tap_i, tap_j = jnp.divmod(jnp.arange(taps), g.kw)
+  base_y = (jnp.arange(g.out_h)[None, :] * sh - pt
+            + tap_i[:, None] * dh).astype(jnp.float32)  # [K, Ho]
+  base_x = (jnp.arange(g.out_w)[None, :] * sw - pl
+            + tap_j[:, None] * dw).astype(jnp.float32)  # [K, Wo]
+  offsets = offsets.reshape(batch, g.out_h, g.out_w, g.groups, taps, 2)
+  offsets = jnp.transpose(offsets, (4, 0, 1, 2, 3, 5))  # [K,B,Ho,Wo,G,2]
+  pos_y = base_y[:, None, :, None, None] + offsets[..., 0]  # [K,B,Ho,Wo,G]
+  pos_x = base_x[:, None, None, :, None] + offsets[..., 1]
+  row, col, ly, lx, inside = _corners(pos_y, pos_x, height, width)
+  # One flat row index over (image, padded row, padded column, group): a
+  # single gather for the whole batch instead of one per image.
+  padded_w = width + 2
+  image = jax.lax.broadcasted_iota(jnp.int32, row.shape, 1)
+  group = jax.lax.broadcasted_iota(jnp.int32, row.shape, 4)
+  top_left = (((image * (height + 2) + row) * padded_w + col) * g.groups
+              + group)
+  steps = (0, g.groups, padded_w * g.groups, (padded_w + 1) * g.groups)
+  flat = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  flat = flat.reshape(-1, cin // g.groups)
+  return _Samples(flat, steps, top_left, ly, lx, inside)
+
+
+def _tap_major_mask(mask: jax.Array | None,
+                    geometry: _Geometry) -> jax.Array | None:
+  """f32[B, Ho, Wo, G * K] -> f32[K, B, Ho, Wo, G] (None stays None)."""
+  if mask is None:
+    return None
+  mask = mask.reshape(*mask.shape[:3], geometry.groups, -1)
+  return jnp.transpose(mask, (4, 0, 1, 2, 3))
+
+
+def _tap_inputs(geometry: _Geometry, x: jax.Array, offsets: jax.Array,
+                kernel: jax.Array, mask: jax.Array | None):
+  """Samples, their weights and the per-tap slices `lax.scan` walks over.
+
+  Returns:
+    (samples, weights, per_tap): see `_samples`; 4 x f32[K, B, Ho, Wo, G]
+    bilinear weights; and (f32[K, Cin, Cout] kernel, i32[K, B, Ho, Wo, G]
+    top-left rows, the weights, f32[K, B, Ho, Wo, G] mask or None).
+  """
+  samples = _samples(geometry, x, offsets)
+  kh, kw, cin, cout = kernel.shape
+  weights = _weights(samples.ly, samples.lx, samples.inside)
+  per_tap = (kernel.reshape(kh * kw, cin, cout).astype(samples.flat.dtype),
+             samples.top_left, weights, _tap_major_mask(mask, geometry))
+  return samples, weights, per_tap
+
+
+def _tap_columns(samples: _Samples, top_left: jax.Array,
+                 weights: Sequence[jax.Array],
+                 mask: jax.Array | None) -> jax.Array:
+  """One tap's modulated samples.
+
+  Args:
+    samples: the sampled map.
+    top_left: i32[B, Ho, Wo, G] the tap's top-left neighbours.
+    weights: 4 x f32[B, Ho, Wo, G] their bilinear weights.
+    mask: f32[B, Ho, Wo, G] the tap's modulation, or None.
+
+  Returns:
+    f32[B * Ho * Wo, Cin] (channels of group g at g * Cg + c).
+  """
+  cols = _blend(samples.flat, top_left, samples.steps, weights)
+  if mask is not None:
+    cols = cols * mask[..., None].astype(cols.dtype)
+  return cols.reshape(-1, cols.shape[-2] * cols.shape[-1])
+
+
+# The taps are visited one at a time (lax.scan) instead of gathering the
+# K-times-wider im2col matrix at once: the same arithmetic, but each step's
+# temporaries are K times smaller, which halved the forward and backward
+# times on XLA:CPU (memory traffic, not arithmetic, dominates there) and
+# divides the peak memory by K. The summation over taps therefore differs
+# from one matmul over K * Cin only by float32 rounding.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _deform_conv(geometry: _Geometry, x: jax.Array, offsets: jax.Array,
+                 kernel: jax.Array, mask: jax.Array | None) -> jax.Array:
+  samples, _, per_tap = _tap_inputs(geometry, x, offsets, kernel, mask)
+  batch = x.shape[0]
+  cout = kernel.shape[-1]
+
+  def tap_step(out, tap):
+    kernel_k, top_left_k, weights_k, mask_k = tap
+    cols = _tap_columns(samples, top_left_k, weights_k, mask_k)
+    return out + jnp.dot(cols, kernel_k,
+                         preferred_element_type=jnp.float32), None
+
+  out = jnp.zeros((batch * geometry.out_h * geometry.out_w, cout),
+                  jnp.float32)
+  out, _ = jax.lax.scan(tap_step, out, per_tap)
+  out = out.reshape(batch, geometry.out_h, geometry.out_w, cout)
+  return out.astype(jnp.result_type(x.dtype, kernel.dtype))
+
+
+def _deform_conv_fwd(geometry, x, offsets, kernel, mask):
+  # Only the inputs are kept: the backward pass regathers the samples (4 K
+  # times the input) instead of storing them, like mmcv's kernels.
+  return (_deform_conv(geometry, x, offsets, kernel, mask),
+          (x, offsets, kernel, mask))
+
+
+def _neighbour_dots(samples: _Samples, top_left: jax.Array,
+                    g_cols: jax.Array) -> tuple[jax.Array, ...]:
+  """<neighbour n's values, g_cols> over a group's channels, for each n.
+
+  Args:
+    samples: the sampled map.
+    top_left: i32[B, Ho, Wo, G] one tap's top-left neighbours.
+    g_cols: f32[B, Ho, Wo, G, Cg] gradient wrt that tap's blended samples.
+
+  Returns:
+    4 x f32[B, Ho, Wo, G].
+  """
+  # One variadic reduction over the four products: XLA:CPU then fuses the
+  # gathers into it, where four separate sums each materialised their
+  # gathered copy (about 6x slower). `.at[].get` rather than `jnp.take`
+  # keeps these gathers distinct from `_blend`'s, which XLA would otherwise
+  # merge into one materialised copy shared by both.
+  products = tuple(
+      samples.flat.at[top_left + step].get(mode="promise_in_bounds").astype(
+          jnp.float32) * g_cols.astype(jnp.float32)
+      for step in samples.steps)
+  return jax.lax.reduce(products, (jnp.float32(0),) * len(products),
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)),
+                        (g_cols.ndim - 1,))
+
+
+def _deform_conv_bwd(geometry, residuals, g_out):
+  """Cotangents of x, offsets, kernel and mask given f32[B,Ho,Wo,Cout]."""
+  x, offsets, kernel, mask = residuals
+  batch, height, width, cin = x.shape
+  cout = kernel.shape[-1]
+  groups = geometry.groups
+  samples, weights, per_tap = _tap_inputs(geometry, x, offsets, kernel, mask)
+  dtype = samples.flat.dtype
+  g_rows = g_out.reshape(-1, cout).astype(dtype)  # [B*Ho*Wo, Cout]
+  col_shape = (batch, geometry.out_h, geometry.out_w, groups, cin // groups)
+
+  def tap_step(g_flat, tap):
+    kernel_k, top_left_k, weights_k, mask_k = tap
+    # Gradient wrt this tap's (modulated) samples: g_out W_k^T.
+    g_cols = jnp.dot(g_rows, kernel_k.T, preferred_element_type=jnp.float32)
+    g_cols = g_cols.astype(dtype).reshape(col_shape)
+    # Kernel gradient from the regathered samples.
+    cols = _tap_columns(samples, top_left_k, weights_k, mask_k)
+    g_kernel_k = jnp.dot(cols.T, g_rows, preferred_element_type=jnp.float32)
+    # p_n = <neighbour n, g_cols> gives the blend weights' gradients.
+    dots = _neighbour_dots(samples, top_left_k, g_cols)
+    # Input gradient: each neighbour gets its weight times the gradient wrt
+    # the unmodulated blend, scatter-added into the padded map.
+    g_blend = g_cols if mask_k is None else (
+        g_cols * mask_k[..., None].astype(dtype))
+    for step, weight in zip(samples.steps, weights_k):
+      g_flat = g_flat.at[top_left_k + step].add(
+          weight.astype(dtype)[..., None] * g_blend, mode="promise_in_bounds")
+    return g_flat, (g_kernel_k, dots)
+
+  g_flat, (g_kernel, dots) = jax.lax.scan(
+      tap_step, jnp.zeros_like(samples.flat), per_tap)
+  g_image = g_flat.reshape(batch, height + 2, width + 2, cin)
+  g_image = g_image[:, 1:-1, 1:-1].astype(x.dtype)
+  g_kernel = g_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+  # Back from tap-major [K, B, Ho, Wo, G(, 2)] to the channel order
+  # [B, Ho, Wo, G, K(, 2)] of the offsets and the mask.
+  to_channels = lambda a: jnp.moveaxis(a, 0, 4)
+  g_mask = None
+  if mask is not None:
+    # The unmodulated blend dotted with g_cols.
+    g_m = sum(w * p for w, p in zip(weights, dots))
+    g_mask = to_channels(g_m).reshape(mask.shape).astype(mask.dtype)
+    mask_taps = per_tap[3]  # [K, B, Ho, Wo, G]
+    dots = tuple(p * mask_taps.astype(jnp.float32) for p in dots)
+  # Offset gradient: d/dly and d/dlx of the weights (1-ly)(1-lx), (1-ly)lx,
+  # ly(1-lx), ly lx. Exactly zero outside the map, where the weights are
+  # constant 0 (even where the values read there are not finite).
+  p00, p01, p10, p11 = dots
+  ly, lx, inside = samples.ly, samples.lx, samples.inside
+  g_y = jnp.where(inside, (1.0 - lx) * (p10 - p00) + lx * (p11 - p01), 0.0)
+  g_x = jnp.where(inside, (1.0 - ly) * (p01 - p00) + ly * (p11 - p10), 0.0)
+  g_offsets = to_channels(jnp.stack([g_y, g_x], axis=-1))
+  g_offsets = g_offsets.reshape(offsets.shape).astype(offsets.dtype)
+  return g_image, g_offsets, g_kernel, g_mask
+
+
+_deform_conv.defvjp(_deform_conv_fwd, _deform_conv_bwd)

@@ -236,3 +236,114 @@ def test_bad_shapes_raise():
     dc.deform_conv2d(x, jnp.zeros((1, 5, 5, 18)), jnp.zeros((3, 3, 2, 2)))
   with pytest.raises(ValueError, match="padding"):
     dc.deform_conv2d(x, jnp.zeros((1, 5, 5, 18)), kernel, padding="SAME")
+
+
+def _jnp_deform_conv(x, offsets, kernel, mask, stride, pad, dil, groups):
+  """Plain jnp deformable conv for jax autodiff (no custom gradient).
+
+  Loops over groups, taps and the four bilinear neighbours; each neighbour is
+  read with clipped indices and masked out when outside the map, as the
+  torchvision CUDA kernel does.
+  """
+  _, h, w, cin = x.shape
+  kh, kw = kernel.shape[:2]
+  ho, wo = offsets.shape[1:3]
+  cg = cin // groups
+  base_y = (jnp.arange(ho) * stride[0] - pad[0])[None, :, None]
+  base_x = (jnp.arange(wo) * stride[1] - pad[1])[None, None, :]
+  image = jnp.arange(x.shape[0])[:, None, None]
+  out = 0.0
+  for g, i, j in itertools.product(range(groups), range(kh), range(kw)):
+    t = g * kh * kw + i * kw + j
+    y = base_y + i * dil[0] + offsets[..., 2 * t]
+    xx = base_x + j * dil[1] + offsets[..., 2 * t + 1]
+    inside = (y > -1) & (y < h) & (xx > -1) & (xx < w)
+    y0 = jnp.floor(y)
+    x0 = jnp.floor(xx)
+    ly = y - y0
+    lx = xx - x0
+    sample = 0.0
+    for yy, wy in ((y0, 1 - ly), (y0 + 1, ly)):
+      for xc, wx in ((x0, 1 - lx), (x0 + 1, lx)):
+        ok = inside & (yy >= 0) & (yy <= h - 1) & (xc >= 0) & (xc <= w - 1)
+        rows = jnp.clip(yy, 0, h - 1).astype(jnp.int32)
+        cols = jnp.clip(xc, 0, w - 1).astype(jnp.int32)
+        values = x[image, rows, cols, g * cg:(g + 1) * cg]
+        sample = sample + jnp.where(ok, wy * wx, 0.0)[..., None] * values
+    if mask is not None:
+      sample = sample * mask[..., t, None]
+    out = out + sample @ kernel[i, j, g * cg:(g + 1) * cg]
+  return out
+
+
+# (B, H, W, Cin, Cout, kernel, stride, pad, dilation, groups, modulated)
+GRAD_CASES = [
+    (2, 7, 9, 4, 3, (3, 3), (2, 2), (1, 1), (2, 2), 2, True),
+    (1, 6, 5, 3, 2, (3, 2), (1, 1), (1, 0), (1, 1), 1, False),
+]
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_custom_backward_matches_autodiff_of_plain_formulation(case):
+  b, h, w, cin, cout, k, stride, pad, dil, groups, modulated = case
+  rng = np.random.default_rng(8)
+  ho, wo = _out_size(h, w, k, stride, pad, dil)
+  taps = k[0] * k[1]
+  x = rng.normal(size=(b, h, w, cin)).astype(np.float32)
+  # Offsets of a few pixels put many samples outside the image or in the
+  # fading border band.
+  offsets = rng.uniform(-4, 4, (b, ho, wo, groups * taps, 2))
+  # Move a third of the samples exactly onto the cut-off lines -1 and H (W),
+  # onto the first and last pixel, into the band (-1, 0) or (H - 1, H), or
+  # far away, keeping the other coordinate random.
+  base_y = np.arange(ho)[:, None] * stride[0] - pad[0] + np.repeat(
+      np.arange(k[0]) * dil[0], k[1])[None, :]  # [Ho, K]
+  base_x = np.arange(wo)[:, None] * stride[1] - pad[1] + np.tile(
+      np.arange(k[1]) * dil[1], k[0])[None, :]  # [Wo, K]
+  base = np.stack(np.broadcast_arrays(
+      base_y[None, :, None, None, :], base_x[None, None, :, None, :]), -1)
+  base = np.broadcast_to(base, (b, ho, wo, groups, taps, 2)).reshape(
+      offsets.shape)
+  for axis, size in ((0, h), (1, w)):
+    targets = np.float32([-1.0, size, 0.0, size - 1.0, -0.5, size - 0.25,
+                          1e6, -1e6])
+    chosen = rng.uniform(size=offsets.shape[:-1]) < 1 / 3
+    picked = rng.choice(targets, size=offsets.shape[:-1])
+    offsets[..., axis] = np.where(chosen, picked - base[..., axis],
+                                  offsets[..., axis])
+  offsets = offsets.reshape(b, ho, wo, -1).astype(np.float32)
+  kernel = rng.normal(size=(*k, cin, cout)).astype(np.float32)
+  mask = None
+  if modulated:
+    mask = rng.uniform(0, 1, (b, ho, wo, groups * taps)).astype(np.float32)
+  cotangent = rng.normal(size=(b, ho, wo, cout)).astype(np.float32)
+  args = tuple(jnp.asarray(a) for a in (x, offsets, kernel, mask)
+               if a is not None)
+
+  def custom(x, offsets, kernel, mask=None):
+    return dc.deform_conv2d(x, offsets, kernel, mask, stride=stride,
+                            padding=pad, dilation=dil, offset_groups=groups)
+
+  def plain(x, offsets, kernel, mask=None):
+    return _jnp_deform_conv(x, offsets, kernel, mask, stride, pad, dil,
+                            groups)
+
+  want_out, plain_vjp = jax.vjp(plain, *args)
+  wants = plain_vjp(jnp.asarray(cotangent))
+  for fn in (custom, jax.jit(custom)):
+    got_out, custom_vjp = jax.vjp(fn, *args)
+    np.testing.assert_allclose(got_out, want_out, rtol=1e-5, atol=1e-5)
+    gots = custom_vjp(jnp.asarray(cotangent))
+    for name, got, want in zip(("x", "offsets", "kernel", "mask"), gots,
+                               wants):
+      assert got.shape == want.shape and got.dtype == want.dtype, name
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4,
+                                 err_msg=name)
+  # Samples outside (-1, H) x (-1, W) have exactly zero offset gradient.
+  pos = base.reshape(b, ho, wo, -1) + offsets  # (y, x) interleaved
+  outside = ((pos[..., 0::2] <= -1) | (pos[..., 0::2] >= h)
+             | (pos[..., 1::2] <= -1) | (pos[..., 1::2] >= w))
+  g_offsets = np.asarray(gots[1]).reshape(b, ho, wo, -1, 2)
+  assert outside.sum() > 10 and (~outside).sum() > 10
+  assert np.all(g_offsets[outside] == 0)
+  assert np.abs(g_offsets[~outside]).max() > 0
