@@ -6,16 +6,11 @@
 A narrow ResNet-18 AlignPS trained from scratch on the `default` synthetic
 dataset (2,000 training scenes, 150 identities), sized to finish training and
 evaluation in about 10-15 minutes on a 2-core CPU. The recipe is AlignPS's
-(AFA neck fusing by concatenation, FCOS and re-ID on the stride-8 map only,
-focal OIM with lookup table and queue, triplet) with the widths, image sizes
-and schedule shrunk, and two CPU-specific changes:
-  * the neck and head use plain instead of deformable 3x3 convolutions:
-    on XLA:CPU a deformable conv's backward pass is 15-20x slower than a
-    plain conv's (docs/benchmarks.md), which would make this run take hours;
-    set model.neck_dcn and model.head_dcn_on_last_conv to True on an
-    accelerator;
-  * the backbone uses trainable GroupNorm instead of frozen batch norm
-    because there are no pretrained weights to freeze.
+(AFA neck with deformable lateral and output convs fused by concatenation,
+FCOS head with a deformable last tower conv, detection and re-ID on the
+stride-8 map only, focal OIM with lookup table and queue, triplet) with the
+widths, image sizes and schedule shrunk. The backbone uses trainable GroupNorm instead of frozen
+batch norm because there are no pretrained weights to freeze.
 """
 
 from configs import common
@@ -30,11 +25,11 @@ def get_config():
   c.model = common.alignps_model(
       depth=18, width_multiplier=0.25, style="pytorch", frozen_stages=-1,
       backbone_norm="group", neck_channels=64, reid_dim=64,
-      neck_dcn=False, head_dcn_on_last_conv=False, head_num_convs=2)
+      head_num_convs=2)
   c.loss = common.alignps_loss(oim_queue_size=512, oim_queue_dims=None,
                                oim_normalize_lut=True)
   c.optim = common.sgd(0.01, weight_decay=1e-4, warmup_steps=100,
-                       decay_steps=(900,))
-  c.run = common.run(num_steps=1000, log_every=25, checkpoint_every=200)
+                       decay_steps=(700,))
+  c.run = common.run(num_steps=800, log_every=25, checkpoint_every=200)
   c.eval = common.evaluation(det_thresh=0.2)
   return c
