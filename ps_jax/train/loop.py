@@ -40,12 +40,21 @@ class NonFiniteLossError(FloatingPointError):
 class _MetricsWriter:
   """metrics.jsonl and TensorBoard event files, written by process 0 only."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: pathlib.Path, start_step: int):
     self._active = jax.process_index() == 0
     if not self._active:
       return
     from tensorboardX import SummaryWriter  # optional heavy import, lazily
-    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+      # A run killed after its last checkpoint logged steps that the resumed
+      # run repeats: keep only the lines up to the restored step.
+      lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+      kept = [l for l in lines if l.strip()
+              and json.loads(l).get("step", 0) <= start_step]
+      if len(kept) != len(lines):
+        path.write_text("".join(kept), encoding="utf-8")
+    self._jsonl = open(path, "a", encoding="utf-8")
     self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
@@ -165,9 +174,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
       donate_argnums=0)
 
-  writer = _MetricsWriter(workdir)
   num_steps = int(config.run.num_steps)
   step = int(jax.device_get(state.step))
+  writer = _MetricsWriter(workdir, step)
   first = step
   last_logged: dict[str, float] = {}
   last_saved = step

@@ -196,3 +196,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   assert step == 4
   for k, v in _flatten(variables):
     assert np.isfinite(v).all(), k
+
+
+def test_metrics_log_drops_steps_past_the_restored_checkpoint(tmp_path):
+  # A run killed at step 10 after checkpointing step 6 logged steps 7-10; the
+  # resumed run (from step 6) logs them again, so the stale lines must go.
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps({"step": s, "train/loss": float(s)})
+                          + "\n" for s in range(2, 12, 2)))
+  writer = loop._MetricsWriter(tmp_path, start_step=6)
+  writer.write(8, {"train/loss": -1.0})
+  writer.close()
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  assert [(r["step"], r["train/loss"]) for r in rows] == [
+      (2, 2.0), (4, 4.0), (6, 6.0), (8, -1.0)]
