@@ -37,7 +37,6 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -61,7 +60,6 @@ from ps_jax import models
 from ps_jax.data import augment
 from ps_jax.data import synthetic
 from ps_jax.train import loop
-from ps_jax.train import step as step_lib
 
 _CASES = flags.DEFINE_list(
     "cases", [], "Cases to run (default: all); see the module docstring.")
@@ -147,17 +145,7 @@ def _compiled_step(config, num_ids: int, mesh, batch):
   state, tx, schedule = loop.init_state(config, model, num_ids, mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
-  loss_cfg = step_lib.LossConfig.from_config(config.loss)
-  max_samples = step_lib.max_reid_samples(
-      config.data.batch_size, config.data.max_boxes,
-      loss_cfg.center_sample_radius)
-  repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
-  step_fn = jax.jit(
-      functools.partial(step_lib.train_step, model=model, tx=tx,
-                        schedule=schedule, loss_cfg=loss_cfg,
-                        max_samples=max_samples),
-      in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
-      donate_argnums=0)
+  step_fn = loop.make_train_step(config, model, tx, schedule, mesh)
   t0 = time.perf_counter()
   lowered = step_fn.lower(state, batch)
   lower_s = time.perf_counter() - t0

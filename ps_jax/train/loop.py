@@ -116,6 +116,22 @@ def init_state(config, model, num_ids: int, mesh) -> tuple[Any, Any, Any]:
   return state, tx, schedule
 
 
+def make_train_step(config, model, tx, schedule, mesh):
+  """The jitted train step: batch sharded on "data", state replicated and
+  donated. jax.jit compiles it once per scale bucket (batch shape)."""
+  loss_cfg = step_lib.LossConfig.from_config(config.loss)
+  max_samples = step_lib.max_reid_samples(
+      config.data.batch_size, config.data.max_boxes,
+      loss_cfg.center_sample_radius)
+  repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
+  return jax.jit(
+      functools.partial(step_lib.train_step, model=model, tx=tx,
+                        schedule=schedule, loss_cfg=loss_cfg,
+                        max_samples=max_samples),
+      in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
+      donate_argnums=0)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        *, stop_after: int | None = None) -> dict[str, Any]:
   """Train `config` in `workdir`, resuming from its latest checkpoint.
@@ -133,7 +149,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir.mkdir(parents=True, exist_ok=True)
   ctx = setup(config)
   mesh, model = ctx["mesh"], ctx["model"]
-  loss_cfg = step_lib.LossConfig.from_config(config.loss)
 
   # Data: each process reads its own shard; the global batch is assembled on
   # the mesh. The per-process batch must split evenly over local devices.
@@ -163,16 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         params=variables["params"],
         model_state={k: v for k, v in variables.items() if k != "params"})
 
-  max_samples = step_lib.max_reid_samples(
-      config.data.batch_size, config.data.max_boxes,
-      loss_cfg.center_sample_radius)
-  repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
-  step_fn = jax.jit(
-      functools.partial(step_lib.train_step, model=model, tx=tx,
-                        schedule=schedule, loss_cfg=loss_cfg,
-                        max_samples=max_samples),
-      in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
-      donate_argnums=0)
+  step_fn = make_train_step(config, model, tx, schedule, mesh)
 
   num_steps = int(config.run.num_steps)
   step = int(jax.device_get(state.step))

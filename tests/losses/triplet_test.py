@@ -7,7 +7,6 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ps_jax.losses import oim
 from ps_jax.losses import triplet
 
 
