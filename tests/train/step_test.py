@@ -9,7 +9,6 @@ parameters and optimizer state) and the memory must agree up to the order of
 floating-point reductions.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -85,17 +84,6 @@ def test_max_reid_samples_bounds_positives_per_box():
 # The step on 1 and 8 devices.
 
 
-def _jit_step(mesh, model, tx, schedule, loss_cfg, max_samples):
-  """The step jitted as ps_jax.train.loop does it."""
-  repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
-  return jax.jit(
-      functools.partial(step_lib.train_step, model=model, tx=tx,
-                        schedule=schedule, loss_cfg=loss_cfg,
-                        max_samples=max_samples),
-      in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
-      donate_argnums=0)
-
-
 def _without_boxes(batch, images):
   batch = {k: np.copy(v) for k, v in batch.items()}
   batch["boxes_valid"][images] = False
@@ -113,17 +101,14 @@ def setup(make_tiny_config):
   mesh8 = mesh_lib.make_mesh()
   assert mesh8.size == 8, "tests/conftest.py should simulate 8 devices"
   state, tx, schedule = loop.init_state(config, model, num_ids, mesh8)
-  loss_cfg = step_lib.LossConfig.from_config(config.loss)
-  max_samples = step_lib.max_reid_samples(
-      config.data.batch_size, config.data.max_boxes,
-      loss_cfg.center_sample_radius)
   it = pipeline.train_iterator(pipeline.data_source(builder, "train"),
                                config.data, seed=config.run.seed)
   # Image 0 of the first batch has nobody in it: on 8 devices, one device
   # holds no positive at all.
   batches = [_without_boxes(next(it), [0]), next(it)]
-  steps = {n: _jit_step(mesh_lib.make_mesh(n), model, tx, schedule, loss_cfg,
-                        max_samples) for n in (8, 1)}
+  # Jitted exactly as the training loop jits it.
+  steps = {n: loop.make_train_step(config, model, tx, schedule,
+                                   mesh_lib.make_mesh(n)) for n in (8, 1)}
   return {"state": state, "batches": batches, "steps": steps,
           "num_ids": num_ids}
 
