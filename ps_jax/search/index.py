@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import io
 import json
 import os
 import pathlib
@@ -384,10 +385,12 @@ class GalleryIndex:
     Args:
       predictor: the model.
       builder: a prepared `tfds.core.DatasetBuilder` or the path of its
-        versioned directory (the one holding `dataset_info.json`); records
-        need an `image` (uint8[H, W, 3]) and an `image_id` feature, as every
-        ps_jax person-search builder has. The index stores the directory and
-        reads images back from it (`load_image`) without the builder class.
+        versioned directory (the one holding `dataset_info.json`), in a
+        random-access format (ArrayRecord); records need an `image` (a TFDS
+        Image feature) and an `image_id` feature, as every ps_jax
+        person-search builder has. The index stores the directory and reads
+        images back from it (`load_image`) without the builder class; a
+        record whose image cannot be decoded fails under its image_id.
       split: the split name, e.g. "test".
       limit: index only the first `limit` records.
       **add_kwargs: as for `add`.
@@ -399,9 +402,9 @@ class GalleryIndex:
     n = len(src) if limit is None else min(int(limit), len(src))
 
     def load_record(entry: ImageEntry) -> np.ndarray:
-      ex = src[entry.record]
+      ex = _read_record(src, entry)
       entry.image_id = entry.name = _image_id_of(ex, entry.record)
-      return np.asarray(ex["image"], np.uint8)
+      return _decode_record_image(ex, entry.name)
 
     # Records are decoded only when indexed: listing the image_ids first
     # would decode every image twice.
@@ -534,10 +537,23 @@ class GalleryIndex:
 
   # Reading images back.
 
-  def _data_source(self, builder_dir: str, split: str) -> Any:
+  def _data_source(self, builder_dir: str,
+                   split: str) -> Sequence[Mapping[str, Any]]:
+    """The split's random-access source, opened once per (directory, split).
+
+    Opened with `ps_jax.data.pipeline.data_source`, as training and
+    evaluation read splits: TFDS's own data source, images left encoded.
+
+    Raises:
+      SearchError naming the directory if it is not a prepared dataset (it
+      was moved or deleted), lacks the split or a file of it, or is not in
+      a random-access file format.
+    """
     key = (builder_dir, split)
     if key not in self._data_sources:
+      # Imported here: loading and querying an index need neither.
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      from ps_jax.data import pipeline  # pylint: disable=g-import-not-at-top
       if not os.path.isfile(os.path.join(builder_dir, "dataset_info.json")):
         raise SearchError(f"{builder_dir}: not a prepared TFDS dataset "
                           "directory (no dataset_info.json)")
@@ -545,7 +561,16 @@ class GalleryIndex:
       if split not in builder.info.splits:
         raise SearchError(f"{builder_dir}: no split {split!r} (has "
                           f"{sorted(builder.info.splits)})")
-      self._data_sources[key] = builder.as_data_source(split=split)
+      for path in builder.info.splits[split].filepaths:
+        if not os.path.isfile(os.fspath(path)):
+          raise SearchError(f"{builder_dir}: split {split!r} misses its "
+                            f"file {os.fspath(path)}")
+      try:
+        self._data_sources[key] = pipeline.data_source(builder, split)
+      except Exception as e:  # TFDS's own error, e.g. a TFRecord dataset
+        raise SearchError(f"{builder_dir}: cannot open split {split!r} as a "
+                          f"random-access source ({type(e).__name__}: {e})"
+                          ) from e
     return self._data_sources[key]
 
   def load_image(self, i: int) -> np.ndarray:
@@ -555,12 +580,12 @@ class GalleryIndex:
       im = read_image(e.path)
     else:
       src = self._data_source(e.builder_dir, e.split)
-      ex = src[e.record] if e.record < len(src) else None
+      ex = _read_record(src, e) if e.record < len(src) else None
       if ex is None or _image_id_of(ex, e.record) != e.image_id:
         raise SearchError(f"{e.builder_dir} split {e.split}: record "
                           f"{e.record} is no longer {e.image_id!r}; the "
                           "dataset changed since indexing")
-      im = np.asarray(ex["image"], np.uint8)
+      im = _decode_record_image(ex, e.name)
     if im.shape[:2] != (e.height, e.width):
       raise SearchError(f"{e.name}: image is now {im.shape[1]}x{im.shape[0]}"
                         f", was {e.width}x{e.height} when indexed")
@@ -713,3 +738,34 @@ def _image_id_of(ex: Mapping[str, Any], i: int) -> str:
                       f"(features: {sorted(ex)})")
   v = ex["image_id"]
   return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _read_record(src: Sequence[Mapping[str, Any]],
+                 entry: ImageEntry) -> Mapping[str, Any]:
+  """Record `entry.record` of a TFDS source; SearchError names where."""
+  try:
+    return src[entry.record]
+  except Exception as e:  # the source's own error (e.g. a file gone)
+    raise SearchError(f"{entry.builder_dir} split {entry.split}: record "
+                      f"{entry.record} could not be read "
+                      f"({type(e).__name__}: {e})") from e
+
+
+def _decode_record_image(ex: Mapping[str, Any], name: str) -> np.ndarray:
+  """The encoded `image` of a TFDS record -> uint8[H, W, 3] RGB.
+
+  Decoded as the input pipeline decodes it (no EXIF rotation: the boxes of
+  a TFDS record refer to the pixels as stored).
+  """
+  data = ex.get("image")
+  if isinstance(data, np.ndarray) and data.dtype == object:
+    data = data.item()
+  if not isinstance(data, (bytes, bytearray, memoryview)):
+    raise SearchError(f"{name}: the record has no encoded image feature "
+                      f"(features: {sorted(ex)})")
+  try:
+    with Image.open(io.BytesIO(bytes(data))) as im:
+      return np.asarray(im.convert("RGB"), dtype=np.uint8)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise SearchError(f"{name}: cannot decode the image of the record "
+                      f"({e})") from e

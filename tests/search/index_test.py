@@ -4,6 +4,7 @@ import io
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 from PIL import Image
@@ -410,6 +411,51 @@ def test_index_a_tfds_split(tmp_path):
     index_lib.GalleryIndex(4).add_tfds(pred, builder.data_dir, "val")
   with pytest.raises(SearchError, match="not a prepared TFDS"):
     index_lib.GalleryIndex(4).add_tfds(pred, tmp_path, "test")
+
+
+class _CorruptGallery(_TinyGallery):
+  """As `_TinyGallery`, but the PNG of record 1 is cut short."""
+
+  def _generate_examples(self):
+    for key, ex in super()._generate_examples():
+      if key == 1:
+        ex = {**ex, "image": ex["image"][:40]}
+      yield key, ex
+
+
+def test_tfds_corrupt_record_is_skipped_by_its_image_id(tmp_path):
+  builder = _CorruptGallery(data_dir=tmp_path / "tfds",
+                            file_format="array_record")
+  builder.download_and_prepare()
+  index = index_lib.GalleryIndex(4)
+  report = index.add_tfds(FakePredictor(), builder.data_dir, "test")
+  assert [e.name for e in index.images] == ["scene_0.jpg", "scene_2.jpg"]
+  assert [name for name, _ in report.failed] == ["scene_1.jpg"]
+  assert "cannot decode" in report.failed[0][1]
+  with pytest.raises(SearchError, match="scene_1.jpg: cannot decode"):
+    index_lib.GalleryIndex(4).add_tfds(FakePredictor(), builder.data_dir,
+                                       "test", on_error="raise")
+
+
+def test_tfds_moved_or_damaged_dataset_names_the_path(tmp_path):
+  builder = _TinyGallery(data_dir=tmp_path / "tfds", file_format="array_record")
+  builder.download_and_prepare()
+  old_dir = pathlib.Path(builder.data_dir)
+  index_lib.GalleryIndex.from_tfds(FakePredictor(), builder, "test").save(
+      tmp_path / "idx")
+  moved = tmp_path / "moved"
+  old_dir.rename(moved)
+  loaded = index_lib.GalleryIndex.load(tmp_path / "idx")
+  with pytest.raises(SearchError,
+                     match=re.escape(f"{old_dir}: not a prepared TFDS")):
+    loaded.load_image(0)
+  # The dataset is back, but its split file is gone.
+  moved.rename(old_dir)
+  (record_file,) = old_dir.glob("*-test.array_record-*")
+  record_file.unlink()
+  with pytest.raises(SearchError,
+                     match=re.escape(f"misses its file {record_file}")):
+    index_lib.GalleryIndex.load(tmp_path / "idx").load_image(0)
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(folder, capsys):
