@@ -1,12 +1,13 @@
-"""Import ImageNet ResNet weights (torchvision, detectron2/mmdet caffe).
+"""Convert ImageNet ResNet state dicts (torchvision, detectron2/mmdet caffe).
+
+Everything here works on a state dict already in memory; reading weight files
+is `ps_jax.pretrained`'s job.
 
 Conventions:
-  * A *state dict* is `dict[str, np.ndarray]` keyed by the source framework's
-    names. `load_state_dict` reads one from `.npz`, `.safetensors` (parsed
-    here with numpy) or `.pth`/`.pt` (torch's safe loader, only when torch is
-    installed). A checkpoint wrapped as {"state_dict": ...} or
-    {"model": ...} is unwrapped.
-  * Three key layouts are understood, whatever the format:
+  * A *state dict* is `Mapping[str, np.ndarray]` keyed by the source
+    framework's names (`ps_jax.pretrained.load_state_dict` reads one from a
+    file).
+  * Three key layouts are understood:
       torchvision / mmdet  conv1.weight, bn1.running_mean,
                            layer1.0.conv2.weight, layer1.0.downsample.1.bias
       detectron2           stem.conv1.weight, stem.conv1.norm.weight,
@@ -16,8 +17,8 @@ Conventions:
     mmdet's `open-mmlab://detectron2/resnet50_caffe` checkpoint is the MSRA
     caffe2 ResNet-50 renamed to the torchvision layout by mmdet's
     `detectron2pytorch.py`, with running_mean = 0 and running_var = 1 (caffe2
-    folded batch norm into an affine "AffineChannel" layer). Files whose keys
-    carry a wrapper prefix (`module.`, `backbone.`, `backbone.body.` ...)
+    folded batch norm into an affine "AffineChannel" layer). State dicts whose
+    keys carry a wrapper prefix (`module.`, `backbone.`, `backbone.body.` ...)
     are found by their stem and the prefix is stripped; keys outside it (a
     detector's neck and head) are then ignored.
   * Our tree (`ps_jax.models.backbone.ResNet`, names 1:1 with torchvision):
@@ -53,11 +54,7 @@ Conventions:
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import struct
-import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -68,13 +65,11 @@ from absl import logging
 
 from ps_jax.models.backbone import FROZEN_BN
 
-StateDict = dict[str, np.ndarray]
-PathLike = str | os.PathLike
-
 FORMATS = ("torchvision", "caffe")
 NORMALIZATION_FOR_FORMAT = {"torchvision": "imagenet_rgb",
                             "caffe": "caffe_bgr"}
 STYLE_FOR_FORMAT = {"torchvision": "pytorch", "caffe": "caffe"}
+FORMAT_FOR_STYLE = {style: fmt for fmt, style in STYLE_FOR_FORMAT.items()}
 
 # Block type and blocks per stage (torchvision's resnet18..101).
 _BLOCKS = {
@@ -83,152 +78,6 @@ _BLOCKS = {
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
 }
-
-PTH_TO_NPZ = (
-    "python -c \"import sys, numpy as np, torch; "
-    "sd = torch.load(sys.argv[1], map_location='cpu', weights_only=True); "
-    "sd = sd.get('state_dict', sd.get('model', sd)); "
-    "np.savez(sys.argv[2], **{k: v.float().numpy() if v.is_floating_point() "
-    "else v.numpy() for k, v in sd.items() if torch.is_tensor(v)})\" "
-    "in.pth out.npz")
-
-# --------------------------------------------------------------------------
-# Reading files.
-# --------------------------------------------------------------------------
-
-# safetensors dtype codes -> numpy dtypes (the format is little-endian).
-_SAFETENSORS_DTYPES = {
-    "BOOL": np.dtype(np.bool_), "U8": np.dtype("<u1"), "I8": np.dtype("<i1"),
-    "U16": np.dtype("<u2"), "I16": np.dtype("<i2"), "U32": np.dtype("<u4"),
-    "I32": np.dtype("<i4"), "U64": np.dtype("<u8"), "I64": np.dtype("<i8"),
-    "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"),
-    # numpy has no native bfloat16 / float8: jax's (ml_dtypes) types.
-    "BF16": np.dtype(jnp.bfloat16),
-    "F8_E4M3": np.dtype(jnp.float8_e4m3fn),
-    "F8_E5M2": np.dtype(jnp.float8_e5m2),
-}
-# A header larger than this is not a weights file (the reference
-# implementation caps it at 100 MB as well).
-_MAX_SAFETENSORS_HEADER = 100_000_000
-
-
-def _read_safetensors(path: str) -> StateDict:
-  """Parses the safetensors layout: u64 header size N, N bytes of JSON
-  {name: {dtype, shape, data_offsets: [begin, end]}} (offsets relative to the
-  byte buffer after the header), then the buffer."""
-  with open(path, "rb") as f:
-    data = f.read()
-  if len(data) < 8:
-    raise ValueError(f"{path}: not a safetensors file (only {len(data)} "
-                     "bytes).")
-  (n,) = struct.unpack("<Q", data[:8])
-  if n > min(len(data) - 8, _MAX_SAFETENSORS_HEADER):
-    raise ValueError(f"{path}: not a safetensors file (header size {n} does "
-                     f"not fit the {len(data)}-byte file).")
-  try:
-    header = json.loads(data[8:8 + n].decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path}: corrupt safetensors header ({e}).") from e
-  if not isinstance(header, dict):
-    raise ValueError(f"{path}: corrupt safetensors header (not a JSON "
-                     "object).")
-  buf = memoryview(data)[8 + n:]
-  out = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    try:
-      dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-      shape = tuple(int(d) for d in info["shape"])
-      begin, end = (int(o) for o in info["data_offsets"])
-    except (KeyError, TypeError, ValueError) as e:
-      raise ValueError(f"{path}: corrupt safetensors entry {name!r}: {info!r} "
-                       f"(unsupported dtype or missing field: {e}).") from e
-    count = int(np.prod(shape, dtype=np.int64))
-    size = count * dtype.itemsize
-    if not 0 <= begin <= end <= len(buf) or end - begin != size:
-      raise ValueError(
-          f"{path}: corrupt safetensors entry {name!r}: data_offsets "
-          f"[{begin}, {end}] do not hold {shape} {info['dtype']} inside the "
-          f"{len(buf)}-byte buffer (truncated file?).")
-    out[name] = np.frombuffer(buf[begin:end], dtype=dtype,
-                              count=count).reshape(shape).copy()
-  return out
-
-
-def _read_torch(path: str) -> StateDict:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f"{path}: reading .pth/.pt files needs torch, which is not installed. "
-        "Convert the file to .npz on a machine with torch, e.g.\n  "
-        f"{PTH_TO_NPZ}\n(see docs/pretrained_weights.md).") from e
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # torch raises many types for a bad file.
-    raise ValueError(f"{path}: torch.load(weights_only=True) failed: "
-                     f"{type(e).__name__}: {e}") from e
-  obj = _unwrap(obj, path)
-  out, bad = {}, []
-  for k, v in obj.items():
-    if not torch.is_tensor(v):
-      bad.append(f"{k} ({type(v).__name__})")
-    elif v.dtype == torch.bfloat16:  # numpy has no native bfloat16.
-      out[k] = v.float().numpy()
-    else:
-      out[k] = v.detach().cpu().numpy()
-  if bad:
-    raise ValueError(f"{path}: entries that are not tensors: {bad}.")
-  return out
-
-
-def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
-  """{"state_dict": sd} / {"model": sd} (mmdet / detectron2) -> sd."""
-  if not isinstance(obj, Mapping):
-    raise ValueError(f"{path}: expected a dict of tensors, got "
-                     f"{type(obj).__name__}.")
-  for wrapper in ("state_dict", "model"):
-    if isinstance(obj.get(wrapper), Mapping):
-      return obj[wrapper]
-  return obj
-
-
-def load_state_dict(path: PathLike) -> StateDict:
-  """Reads a state dict from `.npz`, `.safetensors` or `.pth` / `.pt`.
-
-  Args:
-    path: the weights file. `.pth`/`.pt` need torch (loaded with
-      `weights_only=True`, so no code in the file runs); `.npz` is read
-      with `allow_pickle=False`.
-  Returns:
-    {key: array} with the file's keys and dtypes (float16 and, from
-    .safetensors, bfloat16 stay as they are, bfloat16 tensors of a .pth
-    become float32; the importer casts everything to float32). Wrappers
-    {"state_dict": ...} and {"model": ...} are removed.
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: unknown extension or a corrupt file (the message names it).
-    ImportError: a `.pth` file without torch installed.
-  """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"weights file not found: {path}")
-  ext = os.path.splitext(path)[1].lower()
-  if ext == ".npz":
-    try:
-      with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-      raise ValueError(f"{path}: not a readable .npz file "
-                       f"({type(e).__name__}: {e}).") from e
-  if ext == ".safetensors":
-    return _read_safetensors(path)
-  if ext in (".pth", ".pt"):
-    return _read_torch(path)
-  raise ValueError(f"{path}: unknown weights format {ext!r}; expected .npz, "
-                   ".safetensors, .pth or .pt.")
-
 
 # --------------------------------------------------------------------------
 # Key layouts -> canonical (torchvision) names.
@@ -589,18 +438,18 @@ def _as_like(value: np.ndarray, like: Any) -> Any:
 
 
 def import_backbone(variables: Mapping[str, Any],
-                    path: PathLike | Mapping[str, np.ndarray], *,
+                    state_dict: Mapping[str, np.ndarray], *,
                     format: str = "auto",  # pylint: disable=redefined-builtin
                     prefix: str | Sequence[str] = "backbone"
                     ) -> tuple[dict[str, Any], str]:
-  """Replaces a model's ResNet parameters and statistics by a file's.
+  """Replaces a model's ResNet parameters and statistics by a state dict's.
 
   Args:
     variables: the model's variables {"params": ..., "frozen_bn": ...} (jax
       or numpy arrays, e.g. from `model.init`); the backbone must use frozen
       batch norm. Not modified.
-    path: a weights file (see `load_state_dict`) or an already-loaded state
-      dict {key: array}.
+    state_dict: {key: array} in any layout of the module doc, e.g. from
+      `ps_jax.pretrained.load_state_dict`.
     format: 'torchvision', 'caffe' or 'auto' (`detect_format`). The model
       must have the matching style ('pytorch' / 'caffe'); this function only
       sees shapes, which are the same for both.
@@ -609,35 +458,19 @@ def import_backbone(variables: Mapping[str, Any],
   Returns:
     (new variables, input normalization): every backbone leaf replaced (same
     dtype and sharding as before) except DCN `conv_offset` leaves absent
-    from the file, which keep their values; other modules untouched. The
-    normalization is 'imagenet_rgb' (torchvision) or 'caffe_bgr' (caffe);
-    the data pipeline must use it.
+    from the state dict, which keep their values; other modules untouched.
+    The normalization is 'imagenet_rgb' (torchvision) or 'caffe_bgr'
+    (caffe); the data pipeline must use it.
   Raises:
     ValueError: unknown format or prefix; unknown, missing or mis-shaped keys
-      (every one listed); a width that differs from the file's.
+      (every one listed); a width that differs from the state dict's.
   """
   if format not in FORMATS + ("auto",):
     raise ValueError(f"format: expected one of {FORMATS + ('auto',)}, got "
                      f"{format!r}.")
-  source = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-  state_dict = load_state_dict(source) if source else path
-  try:
-    return _import(variables, state_dict, format, prefix, source)
-  except ValueError as e:
-    if source and source not in str(e):
-      raise ValueError(f"{e} (file: {source})") from e
-    raise
-
-
-def _import(variables: Mapping[str, Any], state_dict: Mapping[str, Any],
-            format: str,  # pylint: disable=redefined-builtin
-            prefix: str | Sequence[str], source: str | None
-            ) -> tuple[dict[str, Any], str]:
-  """`import_backbone` after reading the file."""
   if format == "auto":
     format = detect_format(state_dict)
-    logging.info("weights: %s looks like a %s ResNet.", source or "state dict",
-                 format)
+    logging.info("weights: the state dict looks like a %s ResNet.", format)
   if isinstance(prefix, str):
     prefix = tuple(p for p in prefix.split("/") if p)
   prefix = tuple(prefix)
@@ -688,65 +521,7 @@ def _import(variables: Mapping[str, Any], state_dict: Mapping[str, Any],
   if kept:
     logging.info("weights: %d DCN offset variables not in the file keep "
                  "their init: %s", len(kept), kept)
-  logging.info("weights: imported %d arrays into %r from %s (%s, input %s).",
-               len(flat), "/".join(prefix) or "<root>",
-               source or "a state dict", format,
+  logging.info("weights: imported %d arrays into %r (%s, input %s).",
+               len(flat), "/".join(prefix) or "<root>", format,
                NORMALIZATION_FOR_FORMAT[format])
   return new, NORMALIZATION_FOR_FORMAT[format]
-
-
-def maybe_init_from(variables: Mapping[str, Any], model_cfg: Mapping[str, Any],
-                    path: PathLike | None, *,
-                    data_normalization: str | None = None
-                    ) -> tuple[Mapping[str, Any], str | None]:
-  """Imports ImageNet backbone weights into freshly initialised variables.
-
-  For the training loop, after `model.init` and before restoring a
-  checkpoint of the same run (a restored run already has its weights).
-
-  Args:
-    variables: the AlignPS variables (backbone under 'backbone').
-    model_cfg: the `model` config section; its `style` picks the format
-      (caffe -> 'caffe', pytorch -> 'torchvision'). An `init_from` key in it
-      is ignored here.
-    path: the weights file; None or '' returns `variables` unchanged.
-    data_normalization: the data pipeline's `normalization`; if given, it
-      must be the one the weights expect.
-  Returns:
-    (variables, normalization the weights expect, or None without a path).
-  Raises:
-    ValueError: the model cannot take the file (see `import_backbone`), its
-      backbone norm is not 'frozen', or `data_normalization` disagrees.
-  """
-  if not path:
-    return variables, None
-  # Imported here: ps_jax.models imports the model modules, which must not
-  # depend on this file.
-  from ps_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  cfg = (model_cfg.to_dict() if hasattr(model_cfg, "to_dict")
-         else dict(model_cfg))
-  cfg.pop("init_from", None)
-  model = build_model(cfg)
-  if getattr(model, "backbone_norm", "frozen") != "frozen":
-    raise ValueError(
-        f"init_from={os.fspath(path)!r}: ImageNet weights need "
-        f"backbone_norm='frozen' (got {model.backbone_norm!r}).")
-  fmt = {"caffe": "caffe", "pytorch": "torchvision"}[model.style]
-  state_dict = load_state_dict(path)
-  guess = detect_format(state_dict)
-  if guess != fmt:
-    logging.warning(
-        "init_from=%s looks like a %s ResNet but the model has style=%r, so "
-        "it is imported as %s; set model.style=%r if the file is %s.",
-        path, guess, model.style, fmt, STYLE_FOR_FORMAT[guess], guess)
-  norm = NORMALIZATION_FOR_FORMAT[fmt]
-  if data_normalization is not None and data_normalization != norm:
-    raise ValueError(
-        f"init_from={os.fspath(path)!r} holds {fmt} weights (style="
-        f"{model.style!r}), which expect data.normalization={norm!r}, but "
-        f"the config has {data_normalization!r}.")
-  try:
-    return import_backbone(variables, state_dict, format=fmt,
-                           prefix="backbone")
-  except ValueError as e:
-    raise ValueError(f"init_from={os.fspath(path)!r}: {e}") from e

@@ -1,4 +1,4 @@
-"""Tests for ps_jax.models.weights (ImageNet ResNet import).
+"""Tests for ps_jax.models.weights (ImageNet ResNet state dict import).
 
 The features of an imported backbone are compared with a slow numpy forward
 pass written here from torchvision's / mmdet's definitions (im2col conv on
@@ -6,12 +6,9 @@ OIHW weights, running-statistics BN, torch's max-pool padding, both stride
 placements), and, when torch is importable, with a torch ResNet built with
 torchvision's module names. Widths are reduced (base 4 or 8 channels) to keep
 CPU time small; the importer is width-agnostic as long as shapes match.
+Reading weight files is tested in tests/pretrained_test.py.
 """
 import functools
-import json
-import os
-import struct
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -486,115 +483,6 @@ def test_bad_prefix_norm_and_format_are_named():
                             sd)
 
 
-def test_maybe_init_from(tmp_path):
-  sd = random_state_dict(50, 4, seed=9)
-  path = tmp_path / "r50.npz"
-  np.savez(path, **sd)
-  shapes = alignps_shapes()
-  cfg = dict(TINY, style="pytorch", init_from=str(path))
-  same, norm = weights.maybe_init_from(shapes, cfg, "")
-  assert same is shapes and norm is None
-  new, norm = weights.maybe_init_from(shapes, cfg, path,
-                                      data_normalization="imagenet_rgb")
-  assert norm == "imagenet_rgb"
-  np.testing.assert_array_equal(new["params"]["backbone"]["bn1"]["scale"],
-                                sd["bn1.weight"])
-  with pytest.raises(ValueError, match="data.normalization='imagenet_rgb'"):
-    weights.maybe_init_from(shapes, cfg, path,
-                            data_normalization="caffe_bgr")
-  with pytest.raises(ValueError, match="backbone_norm='frozen'"):
-    weights.maybe_init_from(shapes, dict(cfg, backbone_norm="group"), path)
-  with pytest.raises(ValueError, match=r"init_from=.*r50\.npz.*width"):
-    weights.maybe_init_from(alignps_shapes(width_multiplier=1 / 8),
-                            dict(cfg, width_multiplier=1 / 8), path)
-
-
-# --------------------------------------------------------------------------
-# Files.
-# --------------------------------------------------------------------------
-
-
-def write_safetensors(path, arrays, codes):
-  """Writes the documented layout: u64 header size, JSON header, buffer."""
-  header, chunks, offset = {"__metadata__": {"format": "np"}}, [], 0
-  for name, a in arrays.items():
-    raw = np.ascontiguousarray(a).tobytes()
-    header[name] = {"dtype": codes[name], "shape": list(a.shape),
-                    "data_offsets": [offset, offset + len(raw)]}
-    chunks.append(raw)
-    offset += len(raw)
-  blob = json.dumps(header).encode()
-  blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
-  with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(blob)) + blob + b"".join(chunks))
-
-
-def test_npz_and_safetensors_round_trip(tmp_path):
-  rng = np.random.default_rng(0)
-  arrays = {
-      "a.weight": rng.normal(size=(4, 3, 2, 2)).astype(np.float32),
-      "b.half": rng.normal(size=(5,)).astype(np.float16),
-      "c.bf16": rng.normal(size=(2, 3)).astype(jnp.bfloat16),
-      "d.count": np.array(3, np.int64),
-      "e.empty": np.zeros((0, 4), np.float32),
-  }
-  codes = {"a.weight": "F32", "b.half": "F16", "c.bf16": "BF16",
-           "d.count": "I64", "e.empty": "F32"}
-  write_safetensors(tmp_path / "w.safetensors", arrays, codes)
-  np.savez(tmp_path / "w.npz", **{k: v for k, v in arrays.items()
-                                  if k != "c.bf16"})
-  for name in ("w.safetensors", "w.npz"):
-    got = weights.load_state_dict(tmp_path / name)
-    for k, v in got.items():
-      assert v.dtype == arrays[k].dtype and v.shape == arrays[k].shape, k
-      np.testing.assert_array_equal(v.astype(np.float64),
-                                    arrays[k].astype(np.float64))
-    assert set(got) == set(arrays) - ({"c.bf16"} if name == "w.npz" else set())
-
-
-def test_file_errors_name_the_file(tmp_path, monkeypatch):
-  missing = tmp_path / "nope.npz"
-  with pytest.raises(FileNotFoundError, match="nope.npz"):
-    weights.load_state_dict(missing)
-  bad = tmp_path / "bad.npz"
-  bad.write_bytes(b"not a zip file at all")
-  with pytest.raises(ValueError, match="bad.npz"):
-    weights.load_state_dict(bad)
-  other = tmp_path / "w.h5"
-  other.write_bytes(b"x")
-  with pytest.raises(ValueError, match=r"w\.h5.*\.npz"):
-    weights.load_state_dict(other)
-  good = tmp_path / "good.safetensors"
-  write_safetensors(good, {"x": np.ones((4, 4), np.float32)}, {"x": "F32"})
-  data = good.read_bytes()
-  cases = {
-      "truncated": data[:-8],
-      "hugeheader": struct.pack("<Q", 10**12) + data[8:],
-      "notjson": data[:8] + b"#" + data[9:],
-      "tiny": b"abc",
-  }
-  for name, blob in cases.items():
-    p = tmp_path / f"{name}.safetensors"
-    p.write_bytes(blob)
-    with pytest.raises(ValueError, match=f"{name}.safetensors"):
-      weights.load_state_dict(p)
-  # .pth without torch: a clear ImportError pointing to the .npz route.
-  pth = tmp_path / "w.pth"
-  pth.write_bytes(b"x")
-  monkeypatch.setitem(sys.modules, "torch", None)
-  with pytest.raises(ImportError, match=r"w\.pth.*needs torch.*\.npz"):
-    weights.load_state_dict(pth)
-
-
-def test_import_from_a_file_names_it_in_errors(tmp_path):
-  sd = random_state_dict(50, 4)
-  del sd["layer1.0.conv1.weight"]
-  path = tmp_path / "broken.npz"
-  np.savez(path, **sd)
-  with pytest.raises(ValueError, match=r"layer1\.0\.conv1\.weight.*broken"):
-    weights.import_backbone(alignps_shapes(), path)
-
-
 # --------------------------------------------------------------------------
 # Against torch itself (runs where torch is installed).
 # --------------------------------------------------------------------------
@@ -678,37 +566,22 @@ def torch_resnet(depth, base, style):
   return net.eval()
 
 
-@pytest.mark.parametrize("depth,base,style,wrap", [
-    (18, 8, "pytorch", False),
-    (50, 4, "caffe", True),
+@pytest.mark.parametrize("depth,base,style", [
+    (18, 8, "pytorch"),
+    (50, 4, "caffe"),
 ])
-def test_features_match_torch(tmp_path, depth, base, style, wrap):
+def test_features_match_torch(depth, base, style):
   torch = pytest.importorskip("torch")
   net = torch_resnet(depth, base, style)
-  sd = net.state_dict()
+  sd = {k: v.numpy() for k, v in net.state_dict().items()}
   tv_keys = set(random_state_dict(depth, base))
   assert set(sd) == tv_keys  # torchvision's exact key set
-  path = tmp_path / "net.pth"
-  torch.save({"state_dict": sd, "meta": {}} if wrap else sd, path)
   fmt = "torchvision" if style == "pytorch" else "caffe"
   model, shapes = abstract_resnet(depth, base, style)
-  variables, _ = weights.import_backbone(shapes, path, format=fmt, prefix="")
+  variables, _ = weights.import_backbone(shapes, sd, format=fmt, prefix="")
   x = IMAGES["1x56x72"].astype(np.float32)
   with torch.no_grad():
     want = [f.permute(0, 2, 3, 1).double().numpy()
             for f in net(torch.from_numpy(x).permute(0, 3, 1, 2))]
   got = jax.jit(model.apply)(variables, jnp.asarray(x))
   assert_features_close(got, want)
-
-
-def test_safetensors_written_by_the_library_are_read(tmp_path):
-  torch = pytest.importorskip("torch")
-  st = pytest.importorskip("safetensors.torch")
-  tensors = {"w": torch.randn(3, 4, 5), "h": torch.randn(7).half(),
-             "b": torch.randn(2, 2).bfloat16(), "n": torch.tensor(5)}
-  st.save_file(tensors, os.fspath(tmp_path / "t.safetensors"))
-  got = weights.load_state_dict(tmp_path / "t.safetensors")
-  assert set(got) == set(tensors)
-  for k, t in tensors.items():
-    np.testing.assert_array_equal(got[k].astype(np.float64),
-                                  t.double().numpy())
