@@ -34,8 +34,8 @@ def _same_scene(a, b):
 
 def test_same_seed_same_scene_even_with_cold_caches():
   first = synthetic.generate_scene(SMALL, "train", 5)
-  synthetic._IDENTITY_CACHE.clear()
-  synthetic._NOISE_CACHE.clear()
+  synthetic.identities._IDENTITY_CACHE.clear()
+  synthetic.render._NOISE_CACHE.clear()
   _same_scene(first, synthetic.generate_scene(SMALL, "train", 5))
 
 

@@ -1,0 +1,77 @@
+"""The CUHK-SYSU-style query protocol on the test scenes."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import numpy as np
+
+from ps_jax.data.synthetic import config
+from ps_jax.data.synthetic import layout
+
+
+def generate_queries(cfg: config.SyntheticConfig) -> list[dict[str, Any]]:
+  """A CUHK-SYSU-style query protocol on the test identities.
+
+  One query per test identity that is seen well enough somewhere (visible
+  fraction >= 0.7, height >= 1.5 * min_person_px) and also appears in a scene
+  of another camera. Each gallery of size n holds up to `max_gallery_targets`
+  other-camera images of the target and n - (#targets) test images without
+  the target; the query image is never in its gallery. Smaller galleries are
+  prefixes of the larger one's distractors (same targets).
+
+  Returns:
+    A list, ordered by pid, of dicts: `index` (test scene of the query),
+    `image_id`, `camera`, `query_box_xyxy` f32[4] pixels, `query_pid` int,
+    `galleries` {n: [image_id, ...]} (shuffled), `target_image_ids` [str].
+  """
+  layouts = [layout.scene_layout(cfg, "test", i)
+             for i in range(cfg.num_test_scenes)]
+  where = collections.defaultdict(list)  # pid -> [(scene, person)]
+  for s, lay in enumerate(layouts):
+    for j, pid in enumerate(lay.pids):
+      if pid >= 0:
+        where[int(pid)].append((s, j))
+  queries = []
+  for pid in sorted(where):
+    rng = config.make_rng(cfg.seed, config.QUERY_STREAM, pid)
+    seen = where[pid]
+    scenes_with = {s for s, _ in seen}
+    good = []
+    for s, j in seen:
+      lay = layouts[s]
+      box = lay.boxes_xyxy[j]
+      others = [t for t in scenes_with if layouts[t].camera != lay.camera]
+      if (lay.visible[j] >= 0.7 and box[3] - box[1] >= 1.5 * cfg.min_person_px
+          and others):
+        good.append((s, j))
+    if not good:
+      continue
+    s, j = good[rng.integers(len(good))]
+    cam = layouts[s].camera
+    others = sorted(t for t in scenes_with if layouts[t].camera != cam)
+    targets = sorted(rng.choice(others, min(len(others),
+                                            cfg.max_gallery_targets),
+                                replace=False).tolist())
+    pool = np.array([t for t in range(cfg.num_test_scenes)
+                     if t not in scenes_with], np.int64)
+    n_max = max(cfg.gallery_sizes)
+    if len(pool) < n_max - len(targets):
+      continue
+    distract = rng.permutation(pool)[:n_max - len(targets)]
+    galleries = {}
+    for n in sorted(cfg.gallery_sizes):
+      members = np.concatenate([targets, distract[:n - len(targets)]])
+      members = rng.permutation(members.astype(np.int64))
+      galleries[n] = [layouts[t].image_id for t in members]
+    queries.append({
+        "index": s,
+        "image_id": layouts[s].image_id,
+        "camera": cam,
+        "query_box_xyxy": layouts[s].boxes_xyxy[j].copy(),
+        "query_pid": pid,
+        "galleries": galleries,
+        "target_image_ids": [layouts[t].image_id for t in targets],
+    })
+  return queries
