@@ -35,7 +35,6 @@ aligned with the resized pixels; `scale` records s.
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,24 +54,6 @@ IMAGENET_RGB_STD = (58.395, 57.12, 57.375)
 CAFFE_BGR_MEAN = (103.530, 116.280, 123.675)
 CAFFE_BGR_STD = (1.0, 1.0, 1.0)
 NORMALIZATIONS = ("imagenet_rgb", "caffe_bgr")
-
-_dropped_lock = threading.Lock()
-_dropped_boxes = 0
-
-
-def dropped_box_count() -> int:
-  """Boxes dropped as degenerate by `drop_degenerate_boxes` in this process.
-
-  Grain worker processes (num_workers > 0) count and log their own drops; this
-  counter only sees drops made in the calling process.
-  """
-  return _dropped_boxes
-
-
-def reset_dropped_box_count() -> None:
-  global _dropped_boxes
-  with _dropped_lock:
-    _dropped_boxes = 0
 
 
 def _as_str(value: Any) -> str:
@@ -202,11 +183,12 @@ def drop_degenerate_boxes(example: dict[str, Any],
                           min_size: float = 0.0) -> dict[str, Any]:
   """Drops boxes whose width or height is <= `min_size` pixels.
 
-  Boxes are first clipped to the current image. Each drop is counted
-  (`dropped_box_count`) and logged (rate-limited) with the image id.
+  Boxes are first clipped to the current image. Drops are logged
+  (rate-limited) with the image id. Like every op this returns a new example
+  and leaves the input as it was, so a caller that needs the number of drops
+  compares the box counts of the two.
   """
   del rng
-  global _dropped_boxes
   h, w = (float(v) for v in example["image_hw"])
   boxes = np.asarray(box_ops.clip_boxes(example["boxes_xyxy"], h, w),
                      np.float32).reshape(-1, 4)
@@ -217,14 +199,10 @@ def drop_degenerate_boxes(example: dict[str, Any],
   out["pids"] = example["pids"][keep]
   n_drop = int((~keep).sum())
   if n_drop:
-    with _dropped_lock:
-      _dropped_boxes += n_drop
-      total = _dropped_boxes
     logging.log_every_n_seconds(
         logging.WARNING,
         "Dropped %d degenerate box(es) (width or height <= %g px after "
-        "resize/clip) in %r; %d dropped so far in this process.", 10.0,
-        n_drop, min_size, example["image_id"], total)
+        "resize/clip) in %r.", 10.0, n_drop, min_size, example["image_id"])
   return out
 
 

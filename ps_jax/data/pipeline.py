@@ -41,16 +41,17 @@ slightly different steps on different processes; training is step-based.
 The training iterator is a `grain.DatasetIterator`: `get_state()` /
 `set_state()` and `grain.checkpoint.CheckpointSave/Restore` (orbax) resume it
 exactly. With `num_workers > 0`, decoding runs in that many spawned worker
-processes (Grain `mp_prefetch`); outside `absl.app.run` mark absl flags parsed
-first (`flags.FLAGS.mark_as_parsed()`, see stack-notes GOTCHA 3).
+processes (Grain `mp_prefetch`). Grain reads its absl flags to set up those
+workers, and absl raises on reading a flag before the flags are parsed: outside
+`absl.app.run`, call `flags.FLAGS.mark_as_parsed()` before the first batch.
 
 Bad input: a record whose image cannot be decoded or that has more people
 than `max_boxes` raises ValueError naming the image_id (and the setting);
-degenerate boxes are dropped and counted (`augment.dropped_box_count`); an
-image without people is kept with all `boxes_valid` False. To have the image
-id in decode errors, open TFDS sources with `data_source()`, which leaves the
-JPEG undecoded for this module to decode (TFDS would otherwise fail inside its
-own decoder, before the image id is known).
+degenerate boxes are dropped (and logged with the image id); an image without
+people is kept with all `boxes_valid` False. To have the image id in decode
+errors, open TFDS sources with `data_source()`, which leaves the JPEG
+undecoded for this module to decode (TFDS would otherwise fail inside its own
+decoder, before the image id is known).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class PipelineConfig:
     normalization: "caffe_bgr" or "imagenet_rgb" (augment.normalize).
     size_divisor: buckets are padded up to a multiple of this (mmdet Pad).
     min_box_size: boxes with width or height <= this many network pixels
-      after resizing are dropped and counted.
+      after resizing are dropped (and logged).
     shuffle_seed: the seed used when `train_iterator` gets seed=None.
     num_workers: Grain worker processes; 0 decodes in this process.
     num_threads: threads of Grain's in-process reader (per worker).
