@@ -12,8 +12,9 @@ Conventions:
     code here never mention devices, so the compiler's automatic sharding
     propagation (Auto) is the right contract. `jax.jit` with NamedSharding
     in/out shardings works the same under both, and `shard_map` under Auto
-    reshards its inputs as needed instead of rejecting them
-    (stack-notes GOTCHA 1).
+    reshards its inputs as needed, where under Explicit it rejects an input
+    not already sharded like its `in_specs` ("in_specs passed to shard_map
+    ... does not match the specs of the input").
   * Host batches become global arrays only here (`host_to_global`): each
     process passes its own per-process batch; the global batch is the
     concatenation over processes in process order, so its leading size is

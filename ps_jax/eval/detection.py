@@ -1,7 +1,7 @@
 """Detection recall and AP of the gallery images, as the person-search papers.
 
 Reproduces `eval_detection` of SeqNet/COAT `eval_func.py` (itself from
-OIM's `psdb.py evaluate_detections`), see docs reference-systems.md §4.4:
+OIM's `psdb.py evaluate_detections`), see docs/evaluation.md:
 
   * detections with score >= `det_thresh` are kept (SeqNet and COAT call it
     with 0.01 after training; their default is 0.5);

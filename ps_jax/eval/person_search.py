@@ -2,7 +2,7 @@
 
 Reproduces `eval_search_cuhk` / `eval_search_prw` of SeqNet `eval_func.py`
 (COAT copies it; AlignPS `tools/test_results*.py` and OIM `psdb.py` share the
-core), see docs reference-systems.md §4.2-4.3, without CBGM. Per query:
+core), see docs/evaluation.md, without CBGM. Per query:
 
   * gallery detections with score >= `det_thresh` take part (SeqNet/COAT 0.5;
     AlignPS 0.2 on CUHK-SYSU, 0.15 on PRW); similarity = dot product of the
@@ -49,9 +49,9 @@ own duplicate copies: the SeqNet full-set copy of a true match has exactly its
 similarity, and ranking it first would make every full-set top-k zero.
 
 The query's own image is excluded where the reference excludes it: from the
-full set's extra negatives and from PRW galleries. CUHK-SYSU TestG lists
-never contain it (the schema refuses such a list); one passed anyway is
-ranked, as the reference would.
+full set's extra negatives and from PRW galleries. A TestG list that names
+it (two queries of the official TestG100 do, and the CUHK-SYSU builder keeps
+those entries) is ranked as listed, as the reference ranks it.
 
 Inputs are plain NumPy (see `Gallery`, `Queries`). Boxes are xyxy in
 original image pixels; `integer_gt_boxes=True` truncates GT boxes to

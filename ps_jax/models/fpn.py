@@ -9,7 +9,7 @@ Conventions:
     `fpn_{3}`, `fpn_{4}` for the extra levels P6, P7 (mmdet's `fpn_convs`
     list continues after the backbone levels in the same way).
 
-AFA (AlignPS `FPNDcnLconv3Dcn`, reference-systems.md §2.3):
+AFA (AlignPS `FPNDcnLconv3Dcn`; docs/alignps.md describes the model):
   * lateral convs are 3x3 deformable convs v1 (no bias, as mmcv's
     `DeformConv2dPack`) from C_i to `out_channels`;
   * top-down fusion concatenates: lat[i-1] = concat(lat[i-1],

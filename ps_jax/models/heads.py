@@ -10,8 +10,8 @@ Conventions:
   * `box_ltrb` is (left, top, right, bottom) distances from the point, in
     units of the point's stride when `norm_on_bbox` (AlignPS), else pixels.
 
-The head (reference-systems.md §2.4, mmdet `FCOSHead` + AlignPS
-`FCOSReidHeadFocalSubTriQueue`):
+The head (mmdet `FCOSHead` + AlignPS `FCOSReidHeadFocalSubTriQueue`;
+docs/alignps.md describes the model):
   * "sub": P3 minus its per-image, per-channel spatial mean, before both
     towers and the re-ID read-out. AlignPS averages over the whole padded
     map (`sub_mean_valid_only=False`, the default); with

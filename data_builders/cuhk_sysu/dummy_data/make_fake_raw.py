@@ -4,9 +4,9 @@
 
 creates /tmp/manual/dataset/{Image/SSM/*.jpg, annotation/...} with real MATLAB
 v5 files (scipy.io.savemat) whose variables, struct fields and shapes are
-those of raw-formats.md §1.2, and real JPEGs. The content is fixed so that
-the builder test can state every expected box and id by hand; it contains
-the traps of the official files:
+those of the official files (docs/datasets.md, "CUHK-SYSU raw layout"), and
+real JPEGs. The content is fixed so that the builder test can state every
+expected box and id by hand; it contains the traps of the official files:
 
 * boxes stored as uint8 whose x + w exceeds 255 (s10: x=200, w=80) next to
   a uint16 box (x=260): loadmat returns these dtypes for the official files

@@ -4,10 +4,11 @@
 
 creates /tmp/manual/Market-1501-v15.09.15/{bounding_box_train,
 bounding_box_test, query, gt_bbox}/ with real 64 x 128 JPEG crops named as
-raw-formats.md §3.2 describes, plus the traps of the official folders: a
-`Thumbs.db` in every folder, distractors (`0000_...`) and junk (`-1_...`) in
-`bounding_box_test`, a `gt_bbox/` folder the builder must not read, and
-train ids (2, 7, 1500) that are not contiguous.
+the official files are (docs/datasets.md, "Market-1501 raw layout"), plus
+the traps of the official folders: a `Thumbs.db` in every folder,
+distractors (`0000_...`) and junk (`-1_...`) in `bounding_box_test`, a
+`gt_bbox/` folder the builder must not read, and train ids (2, 7, 1500) that
+are not contiguous.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 creates /tmp/manual/PRW-v16.04.20/ with real JPEG frames, one MATLAB v5
 `annotations/<frame>.jpg.mat` per frame (an (N, 5) double matrix of
 [id, x, y, w, h] rows), the frame and id split files, and a CRLF
-`query_info.txt`, as raw-formats.md §2 describes them. The fixed content
-holds the traps of the official files:
+`query_info.txt`, as docs/datasets.md ("PRW raw layout") describes them.
+The fixed content holds the traps of the official files:
 
 * all three per-frame variable names (`box_new`, `anno_file`,
   `anno_previous`) and a frame without any box;
