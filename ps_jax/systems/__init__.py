@@ -1,0 +1,45 @@
+"""Systems: one method end to end behind one contract (`base.py`).
+
+`build(name, ...)` maps a config's `system` name to the function that builds
+that system from plain option mappings; it is an explicit dict, not a
+registry. To add a system, write `ps_jax/systems/<name>.py` implementing the
+contract and a `from_options(...)`, add one line to `_BUILDERS`, and one
+config file (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ps_jax.systems import alignps
+from ps_jax.systems.base import CropReIDSystem
+from ps_jax.systems.base import PersonSearchSystem
+from ps_jax.systems.base import System
+from ps_jax.systems.base import initialize
+
+_BUILDERS = {
+    "alignps": alignps.from_options,
+}
+NAMES = tuple(sorted(_BUILDERS))
+
+
+def build(name: str, *, num_ids: int, **sections: Mapping[str, Any]
+          ) -> System:
+  """The system called `name`, from its option sections.
+
+  Args:
+    name: a config's `system` entry ('alignps').
+    num_ids: labeled training identities of the dataset (its metadata).
+    **sections: the option mappings the system takes (AlignPS: model, loss,
+      predict).
+  Raises:
+    ValueError: unknown name, or an option the system does not have.
+  """
+  if name not in _BUILDERS:
+    raise ValueError(f"system: expected one of {list(NAMES)}, got {name!r}")
+  return _BUILDERS[name](num_ids=num_ids, **sections)
+
+
+__all__ = ["CropReIDSystem", "NAMES", "PersonSearchSystem", "System", "build",
+           "initialize"]

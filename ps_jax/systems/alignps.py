@@ -1,0 +1,273 @@
+"""AlignPS as a system: the network, its losses, its OIM memory, its predict.
+
+  AlignPSSystem(model=AlignPS(...), loss=AlignPSLoss(...),
+                predict=AlignPSPredict(...), num_ids=K)
+
+Training (`loss` + `update_extra`): model.apply -> FCOS targets -> detection
+losses -> re-ID samples -> focal OIM + triplet; then the OIM memory update.
+The extra state is the `OIMMemory` (lookup table of the K labeled training
+identities and the queue of unlabeled people). Because `update_extra` reads
+the embeddings of the *global* batch, every device ends the step with the
+same lookup table and queue, and 1 device and 8 devices give the same result.
+
+Re-ID samples. Every positive point is a re-ID sample (AlignPS §2.4). To keep
+shapes static, the positive points of the global batch are packed, in order
+(image, then level, then point), into `max_reid_samples` slots with a valid
+mask; positives beyond that budget are dropped and counted in the metrics
+(`reid_overflow`). With centre sampling of radius r strides, a box has at most
+(2r + 1)^2 positives on its level, which sizes the budget from the batch's
+static shape.
+
+Prediction (`predict`): the network in prediction mode (P3 only), a fixed
+`max_dets` detections per image (`models.person_search.predict_detections`:
+pre-NMS top-k, score threshold, NMS, score = cls x centerness, L2-normalized
+embeddings) and the embedding of one query box per image
+(`query_embedding`: AlignPS's best-IoU detection, or the box centre). Boxes go
+back to original pixels with the exact inverse of the pipeline's per-axis
+resize, x * orig_w / image_w and y * orig_h / image_h.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ps_jax import pretrained
+from ps_jax.losses import fcos as fcos_losses
+from ps_jax.losses import oim
+from ps_jax.losses import triplet as triplet_losses
+from ps_jax.models import person_search
+from ps_jax.models.person_search import AlignPS
+from ps_jax.ops import assign
+from ps_jax.ops import vectors
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignPSLoss:
+  """Loss settings (the `loss` config section)."""
+  regress_ranges: Sequence[Sequence[float]]
+  center_sample_radius: float | None = 1.5
+  focal_alpha: float = 0.25
+  focal_gamma: float = 2.0
+  oim_queue_size: int = 5000
+  oim_lut_scale: float = 10.0     # AlignPS: scores *= 10 (temperature 0.1)
+  oim_queue_scale: float = 10.0   # AlignPS PRW: 10 for the queue, 15 for LUT
+  oim_momentum: float = 0.5
+  oim_normalize_lut: bool = False  # AlignPS CUHK leaves the LUT unnormalized
+  oim_queue_dims: int | None = 64  # AlignPS CUHK writes 64 of 256 dims
+  oim_focal_gamma: float = 2.0
+  triplet: bool = True
+  triplet_margin: float = 0.3
+  w_cls: float = 1.0
+  w_box: float = 1.0
+  w_ctr: float = 1.0
+  w_oim: float = 1.0
+  w_triplet: float = 1.0
+
+  def __post_init__(self):
+    object.__setattr__(self, "regress_ranges", tuple(
+        tuple(float(v) for v in r) for r in self.regress_ranges))
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignPSPredict:
+  """Post-processing settings (the predict keys of the `eval` section)."""
+  max_dets: int = 100
+  pre_nms_top_k: int = 1000
+  score_threshold: float = 0.05
+  nms_iou: float = 0.5
+  query_mode: str = "best_iou"
+
+  def __post_init__(self):
+    if self.query_mode not in ("best_iou", "center"):
+      raise ValueError(f"query_mode={self.query_mode!r}; expected "
+                       "'best_iou' or 'center'")
+    if int(self.max_dets) < 1 or int(self.pre_nms_top_k) < 1:
+      raise ValueError(f"max_dets={self.max_dets}, pre_nms_top_k="
+                       f"{self.pre_nms_top_k}; expected >= 1")
+
+
+def max_reid_samples(batch_size: int, max_boxes: int,
+                     center_sample_radius: float | None) -> int:
+  """Slots for positive points: the most a batch can have with centre
+  sampling, (2r + 1)^2 per box (rounded up), or 64 per box without it."""
+  if center_sample_radius is None:
+    per_box = 64
+  else:
+    side = int(2 * center_sample_radius) + 2
+    per_box = side * side
+  return batch_size * max_boxes * per_box
+
+
+def pack_positives(pos: jax.Array, max_samples: int
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Indices of the first `max_samples` positives, in order.
+
+  Args:
+    pos: bool[M] positive flags over the flattened (image, point) axis.
+    max_samples: static number of slots S.
+  Returns:
+    idx i32[S] indices into M (0 for empty slots), valid bool[S], and the
+    number of positives that did not fit, i32[].
+  """
+  num = jnp.sum(pos.astype(jnp.int32))
+  # A stable sort of "not positive" brings positives first, in their order.
+  order = jnp.argsort(jnp.logical_not(pos), stable=True)
+  if order.shape[0] < max_samples:
+    order = jnp.pad(order, (0, max_samples - order.shape[0]))
+  idx = order[:max_samples]
+  valid = jnp.arange(max_samples) < num
+  overflow = jnp.maximum(num - max_samples, 0)
+  return jnp.where(valid, idx, 0), valid, overflow
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignPSSystem:
+  """AlignPS behind the system contract (`ps_jax.systems.base`).
+
+  Attributes:
+    model: the network (`ps_jax.models.AlignPS`).
+    loss: loss settings.
+    predict_options: post-processing settings.
+    num_ids: K, labeled training identities (OIM lookup-table rows); from
+      the dataset's metadata.
+  """
+  model: AlignPS
+  loss_options: AlignPSLoss
+  predict_options: AlignPSPredict = AlignPSPredict()
+  num_ids: int = 0
+
+  @property
+  def embedding_dim(self) -> int:
+    return int(self.model.reid_dim or self.model.neck_channels)
+
+  # ------------------------------------------------------------ training
+
+  def init(self, rng: jax.Array, images: jax.Array):
+    variables = self.model.init(rng, images, train=True)
+    memory = oim.init_memory(self.num_ids, self.loss_options.oim_queue_size,
+                             self.embedding_dim)
+    return variables, memory
+
+  def is_frozen(self, path: Sequence[str]) -> bool:
+    return self.model.is_frozen(path)
+
+  def init_from(self, variables: Any, path: str, *,
+                normalization: str) -> Any:
+    variables, _ = pretrained.init_backbone_from_file(
+        variables, path, style=self.model.style,
+        backbone_norm=self.model.backbone_norm,
+        data_normalization=normalization)
+    return variables
+
+  def loss(self, params: Any, model_state: Any, extra: oim.OIMMemory,
+           batch: Mapping[str, jax.Array], rng: jax.Array
+           ) -> tuple[jax.Array, dict[str, Any]]:
+    """Total loss and auxiliaries (metrics, packed re-ID samples)."""
+    del rng  # AlignPS's losses draw no random numbers.
+    cfg, memory = self.loss_options, extra
+    out = self.model.apply({"params": params, **model_state}, batch["image"],
+                           train=True)
+    ranges = jnp.asarray(cfg.regress_ranges, jnp.float32)
+    targets = assign.batched_fcos_targets(
+        out["points"], out["strides"], out["levels"], batch["boxes_xyxy"],
+        batch["pids"], batch["boxes_valid"], ranges,
+        center_sample_radius=cfg.center_sample_radius, norm_by_stride=True)
+    det = fcos_losses.fcos_detection_losses(
+        out["cls_logits"][..., 0], out["box_ltrb"], out["ctr_logits"][..., 0],
+        targets, out["points"], focal_alpha=cfg.focal_alpha,
+        focal_gamma=cfg.focal_gamma)
+
+    b, p, d = out["reid_emb"].shape
+    max_samples = max_reid_samples(b, batch["boxes_xyxy"].shape[1],
+                                   cfg.center_sample_radius)
+    idx, valid, overflow = pack_positives(targets["pos"].reshape(b * p),
+                                          max_samples)
+    feats = vectors.l2_normalize(
+        out["reid_emb"].reshape(b * p, d)[idx].astype(jnp.float32))
+    pids = jnp.where(valid, targets["pids"].reshape(b * p)[idx], -1)
+
+    logits = oim.oim_logits(feats, memory, lut_scale=cfg.oim_lut_scale,
+                            queue_scale=cfg.oim_queue_scale)
+    reid = oim.oim_loss(logits, pids, valid, focal_gamma=cfg.oim_focal_gamma,
+                        reduction="mean_all")
+    total = (cfg.w_cls * det["loss_cls"] + cfg.w_box * det["loss_box"]
+             + cfg.w_ctr * det["loss_ctr"] + cfg.w_oim * reid["loss"])
+    metrics = {"loss_cls": det["loss_cls"], "loss_box": det["loss_box"],
+               "loss_ctr": det["loss_ctr"], "loss_oim": reid["loss"],
+               "num_pos": det["num_pos"], "reid_overflow": overflow}
+    if cfg.triplet:
+      tri_feats, tri_pids, tri_valid = triplet_losses.alignps_triplet_inputs(
+          feats, pids, valid, memory.lut)
+      tri = triplet_losses.batch_hard_triplet_loss(
+          tri_feats, tri_pids, tri_valid, margin=cfg.triplet_margin)
+      total = total + cfg.w_triplet * tri["loss"]
+      metrics["loss_triplet"] = tri["loss"]
+    metrics["loss"] = total
+    aux = {"metrics": metrics, "feats": feats, "pids": pids, "valid": valid}
+    return total, aux
+
+  def update_extra(self, extra: oim.OIMMemory, aux: Mapping[str, Any]
+                   ) -> oim.OIMMemory:
+    cfg = self.loss_options
+    return oim.update_memory(
+        extra, aux["feats"], aux["pids"], aux["valid"],
+        momentum=cfg.oim_momentum, normalize_lut=cfg.oim_normalize_lut,
+        queue_dims=cfg.oim_queue_dims)
+
+  # ---------------------------------------------------------- prediction
+
+  def predict(self, variables: Any, batch: Mapping[str, jax.Array],
+              query_boxes: jax.Array) -> dict[str, jax.Array]:
+    opts = self.predict_options
+    image_hw = jnp.asarray(batch["image_hw"], jnp.float32)
+    orig_hw = jnp.asarray(batch["orig_hw"], jnp.float32)
+    kwargs = ({"image_hw": batch["image_hw"]}
+              if self.model.head_sub_mean_valid_only else {})
+    out = self.model.apply(variables, batch["image"], train=False, **kwargs)
+    # Per-axis (y, x) network px per original px: the exact inverse of the
+    # pipeline's resize. Padding examples (orig_hw = 0) get 1.
+    scale = jnp.where(orig_hw > 0, image_hw / jnp.maximum(orig_hw, 1.0), 1.0)
+    pred = person_search.predict_detections(
+        out, batch["image_hw"], scale, max_dets=int(opts.max_dets),
+        pre_nms_top_k=int(opts.pre_nms_top_k),
+        score_threshold=float(opts.score_threshold),
+        nms_iou=float(opts.nms_iou), norm_on_bbox=self.model.norm_on_bbox,
+        orig_hw=batch["orig_hw"])
+    q = person_search.query_embedding(pred, query_boxes, out, scale,
+                                      mode=opts.query_mode)
+    return {"boxes": pred["boxes"], "scores": pred["scores"],
+            "embeddings": pred["embeddings"], "valid": pred["valid"],
+            "query_embedding": q["embedding"],
+            "query_from_detection": q["from_detection"]}
+
+
+def from_options(*, model: Mapping[str, Any], loss: Mapping[str, Any],
+                 predict: Mapping[str, Any], num_ids: int) -> AlignPSSystem:
+  """An AlignPSSystem from plain option mappings (config sections).
+
+  Raises:
+    ValueError: a key that is not a field (the valid ones are listed).
+  """
+  return AlignPSSystem(
+      model=_make("model", AlignPS, model),
+      loss_options=_make("loss", AlignPSLoss, loss),
+      predict_options=_make("eval", AlignPSPredict, predict),
+      num_ids=int(num_ids))
+
+
+def _make(section: str, cls: type, values: Mapping[str, Any]) -> Any:
+  """cls(**values), naming the section and the valid keys on a bad key."""
+  names = [f.name for f in dataclasses.fields(cls)
+           if f.init and f.name not in ("parent", "name")]
+  unknown = sorted(set(values) - set(names))
+  if unknown:
+    raise ValueError(f"{section}: unknown key(s) {unknown} for AlignPS; "
+                     f"valid keys: {names}")
+  # Config lists become tuples: module fields should be hashable.
+  return cls(**{k: tuple(v) if isinstance(v, list) else v
+                for k, v in values.items()})

@@ -1,0 +1,110 @@
+"""Tests of AlignPS's pieces of the system contract (ps_jax/systems/alignps.py)
+that the trainer's system-parametrised tests do not cover: the packing of
+re-ID samples, their budget, and the options a config is turned into.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from ps_jax import systems
+from ps_jax.ops import assign
+from ps_jax.ops import points as points_lib
+from ps_jax.systems import alignps
+
+
+# --------------------------------------------------------------------------
+# pack_positives against numpy.
+
+
+def _pack_positives_ref(pos: np.ndarray, max_samples: int):
+  """Slow reference: the first `max_samples` positive indices, in order."""
+  hits = [i for i, p in enumerate(pos) if p]
+  idx = np.zeros(max_samples, np.int32)
+  valid = np.zeros(max_samples, bool)
+  for slot, i in enumerate(hits[:max_samples]):
+    idx[slot], valid[slot] = i, True
+  return idx, valid, max(len(hits) - max_samples, 0)
+
+
+@pytest.mark.parametrize("m,max_samples,frac", [
+    (1, 1, 0.5), (10, 4, 0.5), (10, 25, 0.3), (37, 37, 0.9),
+    (64, 8, 0.0), (64, 8, 1.0), (200, 13, 0.05), (5, 3, 1.0)])
+def test_pack_positives_matches_numpy(m, max_samples, frac):
+  rng = np.random.default_rng(1000 * m + max_samples)
+  pos = rng.random(m) < frac
+  want_idx, want_valid, want_overflow = _pack_positives_ref(pos, max_samples)
+  jitted = jax.jit(alignps.pack_positives, static_argnums=1)
+  for fn in (alignps.pack_positives, jitted):
+    idx, valid, overflow = fn(jnp.asarray(pos), max_samples)
+    assert idx.shape == (max_samples,) and idx.dtype == jnp.int32
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(valid, want_valid)
+    assert int(overflow) == want_overflow
+
+
+def test_max_reid_samples_bounds_positives_per_box():
+  """With centre sampling, no box gets more positives than its share of the
+  re-ID budget, whatever its size and position."""
+  strides = (8, 16, 32, 64, 128)
+  hw = points_lib.feature_sizes((128, 128), strides)
+  pts, pstrides, plevels = points_lib.make_points(hw, strides)
+  rng = np.random.default_rng(0)
+  n = 64
+  xy = rng.uniform(-10, 130, (n, 2))
+  wh = rng.uniform(1, 140, (n, 2))
+  boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+  budget = alignps.max_reid_samples(1, 1, 1.5)
+  # One box per image, so every positive of an image belongs to its box.
+  targets = assign.batched_fcos_targets(
+      pts, pstrides, plevels, boxes[:, None], np.zeros((n, 1), np.int32),
+      np.ones((n, 1), bool), common.ALIGNPS_REGRESS_RANGES,
+      center_sample_radius=1.5)
+  per_box = np.asarray(targets["pos"]).sum(axis=1)
+  assert per_box.max() <= budget
+  assert per_box.max() > 1  # the boxes are large enough to test the bound
+
+
+def test_build_names_the_valid_systems_and_keys():
+  with pytest.raises(ValueError, match="expected one of \\['alignps'\\]"):
+    systems.build("seqnet", num_ids=3, model={}, loss={}, predict={})
+  with pytest.raises(ValueError, match=r"model: unknown key\(s\) "
+                     r"\['neck_chanels'\].*valid keys"):
+    systems.build("alignps", num_ids=3, model={"neck_chanels": 8},
+                  loss=dict(common.alignps_loss()), predict={})
+  with pytest.raises(ValueError, match="query_mode='nearest'"):
+    systems.build("alignps", num_ids=3, model={},
+                  loss=dict(common.alignps_loss()),
+                  predict={"query_mode": "nearest"})
+
+
+def test_alignps_system_from_the_shared_config_sections():
+  system = systems.build(
+      "alignps", num_ids=7, model=dict(common.alignps_model()),
+      loss=dict(common.alignps_loss()), predict={"max_dets": 20})
+  assert isinstance(system, systems.PersonSearchSystem)
+  assert system.num_ids == 7 and system.embedding_dim == 256
+  assert system.model.stage_with_dcn == (False, False, False, False)
+  assert system.loss_options.regress_ranges[0] == (-1.0, common.INF)
+  assert system.predict_options.max_dets == 20
+  # Immutable and compared by value: jax.jit caches one step per system.
+  again = systems.build(
+      "alignps", num_ids=7, model=dict(common.alignps_model()),
+      loss=dict(common.alignps_loss()), predict={"max_dets": 20})
+  assert system == again and hash(system) == hash(again)
+
+
+def test_init_gives_the_model_variables_and_a_zero_memory():
+  system = systems.build(
+      "alignps", num_ids=5,
+      model=dict(common.alignps_model(
+          depth=18, width_multiplier=0.125, style="pytorch",
+          frozen_stages=-1, backbone_norm="group", neck_channels=16,
+          reid_dim=8, head_num_convs=1)),
+      loss=dict(common.alignps_loss(oim_queue_size=6)), predict={})
+  variables, memory = jax.eval_shape(
+      system.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  assert set(variables) >= {"params"}
+  assert memory.lut.shape == (5, 8) and memory.queue.shape == (6, 8)
