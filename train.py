@@ -111,9 +111,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from ps_jax.train import loop  # after flag parsing: jax reads XLA flags
+  # After flag parsing: jax reads XLA flags when it is first imported.
+  from ps_jax import experiment  # pylint: disable=g-import-not-at-top
+  from ps_jax.train import loop  # pylint: disable=g-import-not-at-top
   logging.info("Config:\n%s", FLAGS.config)
-  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  # The config stops here: below, everything takes built, typed objects.
+  loop.train_and_evaluate(experiment.from_config(FLAGS.config), FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
       --config.init_from=/data/weights/resnet50_caffe.npz
   python train.py --config=configs/alignps_cuhk.py:plus ...   # AlignPS+
 
-Reference (reference-systems.md §2): caffe ResNet-50 from ImageNet weights,
+The reference (docs/alignps.md): caffe ResNet-50 from ImageNet weights,
 frozen BN, stem + res2 frozen; AFA neck with deformable lateral and output
 convs fused by concatenation; FCOS head with 4-conv GN towers, deformable last
 tower conv, only the stride-8 level positive; focal OIM (LUT of the 5,532

@@ -5,7 +5,7 @@
       --config.init_from=/data/weights/resnet50_caffe.npz
   python train.py --config=configs/alignps_prw.py:plus ...   # AlignPS+
 
-Differences from CUHK-SYSU (reference-systems.md §2.5-2.6): no triplet loss;
+Differences from CUHK-SYSU (docs/alignps.md): no triplet loss;
 OIM with the 483 labeled training ids (read from the dataset), queue 500,
 LUT scale 15 and queue scale 10, LUT rows renormalised after each update;
 weight decay 1e-3 (7e-4 for AlignPS+); 1,426 steps per epoch; evaluated with

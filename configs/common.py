@@ -1,14 +1,19 @@
 """Helpers that return config *sections* shared by the experiment files.
 
 Each experiment file (`configs/<name>.py`) calls these and shows its whole
-recipe, so two experiments differ by a readable diff. A section's keys are the
-keyword arguments of the function that consumes it:
-  c.model   -> ps_jax.models.build_model(**c.model)
-  c.loss    -> ps_jax.train.step.LossConfig(**c.loss)
-  c.optim   -> ps_jax.train.optim.make_optimizer(params, **c.optim)
-  c.data    -> ps_jax.data.pipeline (training and evaluation input)
-  c.dataset -> data_builders.build.load_builder(**c.dataset)
-  c.eval    -> ps_jax.eval (protocol options)
+recipe, so two experiments differ by a readable diff. `ps_jax.experiment`
+turns a config into typed objects once, at the entry point; a section's keys
+are the fields of the object it becomes:
+  c.system  -> the system's name in ps_jax.systems.build ('alignps')
+  c.model   -> ps_jax.models.AlignPS(**c.model)
+  c.loss    -> ps_jax.systems.alignps.AlignPSLoss(**c.loss)
+  c.optim   -> ps_jax.train.optim.OptimOptions(**c.optim)
+  c.data    -> ps_jax.data.pipeline.PipelineConfig(**c.data)
+  c.dataset -> ps_jax.experiment.DatasetOptions(**c.dataset)
+  c.run     -> ps_jax.experiment.RunOptions(**c.run)
+  c.eval    -> ps_jax.eval.protocols.EvalOptions (det_thresh,
+               gallery_sizes) and the system's predict options (AlignPS:
+               ps_jax.systems.alignps.AlignPSPredict, the other keys)
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ ALIGNPS_REGRESS_RANGES = ((-1.0, INF), (-2.0, -1.0), (-2.0, -1.0),
                           (-2.0, -1.0), (-2.0, -1.0))
 
 
-def base() -> ml_collections.ConfigDict:
+def base(system: str = "alignps") -> ml_collections.ConfigDict:
   """An empty experiment config with the top-level keys every run has."""
   c = ml_collections.ConfigDict()
+  # Which system (method) the experiment trains; see ps_jax.systems.build.
+  c.system = system
   # A local torchvision / caffe-style ResNet file for the backbone
   # (ps_jax.models.weights); "" trains from scratch. Nothing is downloaded.
   c.init_from = ""
@@ -60,7 +67,7 @@ def data(train_scales, test_scale, *, batch_size: int, max_boxes: int,
 
 
 def alignps_model(**overrides) -> ml_collections.ConfigDict:
-  """AlignPS R50 (reference-systems.md §2): caffe ResNet-50, AFA neck, FCOS."""
+  """AlignPS R50 (docs/alignps.md): caffe ResNet-50, AFA neck, FCOS."""
   m = dict(
       depth=50, width_multiplier=1.0, style="caffe", frozen_stages=1,
       backbone_norm="frozen", stage_with_dcn=(False, False, False, False),

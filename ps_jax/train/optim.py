@@ -17,6 +17,7 @@ common practice of not decaying them. The difference is noted in the docs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,30 @@ import jax.numpy as jnp
 import optax
 
 FROZEN, BIAS, NORM, WEIGHT = "frozen", "bias", "norm", "weight"
+
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimOptions:
+  """The optimizer settings (the `optim` config section); the fields are
+  the keyword arguments of `make_optimizer`."""
+  lr: float
+  momentum: float = 0.9
+  weight_decay: float = 1e-4
+  bias_lr_mult: float = 2.0
+  warmup_steps: int = 500
+  warmup_ratio: float = 1.0 / 3.0
+  decay_steps: Sequence[int] = ()
+  decay_factor: float = 0.1
+  clip_norm: float | None = 35.0
+
+  def __post_init__(self):
+    object.__setattr__(self, "decay_steps",
+                       tuple(int(s) for s in self.decay_steps))
+
+  def as_kwargs(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
 
 # Substrings of a module name that mark a normalization layer's parameters.
 _NORM_MARKERS = ("norm", "bn", "gn", "GroupNorm", "BatchNorm", "LayerNorm")
