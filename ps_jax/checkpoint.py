@@ -1,9 +1,11 @@
 """Checkpoints: one orbax CheckpointManager per workdir.
 
 A checkpoint at step s holds
-  state      the whole TrainState (params, optimizer state, OIM memory, rng),
+  state      the whole TrainState (params, model state, optimizer state and
+             the system's extra state, e.g. AlignPS's OIM memory),
   data_iter  the Grain iterator state, so the data order survives a resume,
-  config     the experiment config as JSON, for `ps_jax.eval` and humans.
+  config     the experiment config as JSON, from which `ps_jax.eval` and
+             `ps-search` rebuild the experiment (`ps_jax.experiment`).
 Orbax writes each step into a temporary directory and renames it when
 complete, so a run killed while saving leaves the previous checkpoint intact
 and `latest_step()` never points at a partial one.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import grain
@@ -31,10 +34,11 @@ def manager(workdir: str | pathlib.Path, *, max_to_keep: int = 3,
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any,
-         data_iter: Any | None, config: Any) -> None:
-  """Save state, data iterator and config at `step` (asynchronously)."""
+         data_iter: Any | None, config: Mapping[str, Any]) -> None:
+  """Save state, data iterator and config (plain JSON data) at `step`
+  (asynchronously)."""
   items = {"state": ocp.args.StandardSave(state),
-           "config": ocp.args.JsonSave(json.loads(config.to_json()))}
+           "config": ocp.args.JsonSave(json.loads(json.dumps(dict(config))))}
   if data_iter is not None:
     items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
   mngr.save(step, args=ocp.args.Composite(**items), force=True)

@@ -1,14 +1,15 @@
-"""The training loop: `train_and_evaluate(config, workdir)`.
+"""The training loop of every system: `train_and_evaluate(experiment, workdir)`.
 
-Reads top to bottom: devices and mesh, data, model and state, restore, loop,
-evaluation. Resume order: the latest checkpoint in `workdir` if there is one
-(state, OIM memory and data iterator position all come back), else a fresh
-state initialised from `config.seed`.
+Reads top to bottom: devices and mesh, data, state, restore, loop,
+evaluation. It knows the system only through the contract
+(`ps_jax.systems.base`). Resume order: the latest checkpoint in `workdir` if
+there is one (state, the system's extra state and the data iterator position
+all come back), else `experiment.init_from` (pretrained weights), else a
+fresh state initialised from the run's seed.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import pathlib
@@ -16,19 +17,12 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 from absl import logging
 
-from data_builders import build as data_build
+from ps_jax import checkpoint
 from ps_jax import mesh as mesh_lib
-from ps_jax import models
-from ps_jax.models import weights
 from ps_jax.data import pipeline
 from ps_jax.eval import run as eval_run
-from ps_jax.losses import oim
-from ps_jax import checkpoint
-from ps_jax.train import optim
 from ps_jax.train import state as state_lib
 from ps_jax.train import step as step_lib
 
@@ -72,72 +66,24 @@ class _MetricsWriter:
       self._tb.close()
 
 
+def _loss_terms(scalars: dict[str, float]) -> str:
+  """'cls 0.412 box 0.733 ...' from the train/loss_* metrics."""
+  return " ".join(f"{k[len('train/loss_'):]} {v:.3f}"
+                  for k, v in scalars.items() if k.startswith("train/loss_"))
+
+
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Mesh, dataset, model, optimizer and the jitted step for `config`."""
-  mesh_lib.maybe_initialize_distributed()
-  mesh = mesh_lib.make_mesh()
-  builder = data_build.load_builder(**config.dataset)
-  num_ids = int(builder.info.metadata["num_train_ids"])
-  model = models.build_model(config.model)
-  return {"mesh": mesh, "builder": builder, "num_ids": num_ids,
-          "model": model}
-
-
-def init_state(config, model, num_ids: int, mesh) -> tuple[Any, Any, Any]:
-  """A fresh replicated TrainState, the optimizer and its schedule."""
-  h, w = config.data.train_scales[0]
-  images = jnp.zeros((1, h, w, 3), jnp.float32)
-  # The "rbg" generator compiles the initialisers several times faster on CPU
-  # than threefry; only initial values depend on it.
-  rng = jax.random.key(config.run.seed, impl="rbg")
-  init_rng, state_rng = jax.random.split(rng)
-  variables = jax.eval_shape(
-      functools.partial(model.init, train=True), init_rng, images)
-  params_shape = variables["params"]
-  tx, schedule = optim.make_optimizer(
-      params_shape, is_frozen=models.frozen_predicate(config.model),
-      **config.optim)
-  dim = int(config.model.reid_dim)
-
-  def init_fn(key):
-    v = model.init(key, images, train=True)
-    params = v["params"]
-    model_state = {k: x for k, x in v.items() if k != "params"}
-    memory = oim.init_memory(num_ids, config.loss.oim_queue_size, dim)
-    return state_lib.create(params, model_state, tx, memory, state_rng)
-
-  repl = mesh_lib.replicated(mesh)
-  state = jax.jit(init_fn, out_shardings=repl)(init_rng)
-  return state, tx, schedule
-
-
-def make_train_step(config, model, tx, schedule, mesh):
-  """The jitted train step: batch sharded on "data", state replicated and
-  donated. jax.jit compiles it once per scale bucket (batch shape)."""
-  loss_cfg = step_lib.LossConfig.from_config(config.loss)
-  max_samples = step_lib.max_reid_samples(
-      config.data.batch_size, config.data.max_boxes,
-      loss_cfg.center_sample_radius)
-  repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
-  return jax.jit(
-      functools.partial(step_lib.train_step, model=model, tx=tx,
-                        schedule=schedule, loss_cfg=loss_cfg,
-                        max_samples=max_samples),
-      in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
-      donate_argnums=0)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       *, stop_after: int | None = None) -> dict[str, Any]:
-  """Train `config` in `workdir`, resuming from its latest checkpoint.
+def train_and_evaluate(experiment: Any, workdir: str, *,
+                       stop_after: int | None = None) -> dict[str, Any]:
+  """Train `experiment` in `workdir`, resuming from its latest checkpoint.
 
   Args:
-    config: an experiment config (configs/*.py).
+    experiment: a built `ps_jax.experiment.Experiment` (its system, data,
+      optimizer, run and eval options).
     workdir: checkpoints, metrics.jsonl, TensorBoard events and evaluation
       results go here.
     stop_after: stop (after saving a checkpoint) once this many steps have
@@ -147,40 +93,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  ctx = setup(config)
-  mesh, model = ctx["mesh"], ctx["model"]
+  exp, run = experiment, experiment.run
+  mesh_lib.maybe_initialize_distributed()
+  mesh = mesh_lib.make_mesh()
 
   # Data: each process reads its own shard; the global batch is assembled on
   # the mesh. The per-process batch must split evenly over local devices.
   nproc = jax.process_count()
-  if config.data.batch_size % jax.device_count():
+  if exp.data.batch_size % jax.device_count():
     raise ValueError(
-        f"config.data.batch_size={config.data.batch_size} must be a multiple "
+        f"config.data.batch_size={exp.data.batch_size} must be a multiple "
         f"of the number of devices ({jax.device_count()})")
-  source = pipeline.data_source(ctx["builder"], "train")
+  source = pipeline.data_source(exp.builder, "train")
   data_iter = pipeline.train_iterator(
-      source, config.data, seed=config.run.seed,
-      batch_size=config.data.batch_size // nproc)
+      source, exp.data, seed=run.seed,
+      batch_size=exp.data.batch_size // nproc)
 
-  state, tx, schedule = init_state(config, model, ctx["num_ids"], mesh)
-  mngr = checkpoint.manager(workdir, max_to_keep=config.run.max_to_keep)
-  # Resume order: the workdir's latest checkpoint, else `config.init_from`
-  # (an ImageNet backbone file), else the fresh initialisation.
+  state, tx, schedule = step_lib.init_state(
+      exp.system, exp.optim, run.seed, exp.data.train_scales[0], mesh)
+  mngr = checkpoint.manager(workdir, max_to_keep=run.max_to_keep)
   if mngr.latest_step() is not None:
     logging.info("Resuming from %s at step %d", mngr.directory,
                  mngr.latest_step())
     state = checkpoint.restore(mngr, state, data_iter)
-  elif config.init_from:
-    variables, _ = weights.maybe_init_from(
-        {"params": state.params, **state.model_state}, config.model,
-        config.init_from, data_normalization=config.data.normalization)
+  elif exp.init_from:
+    variables = exp.system.init_from(
+        state_lib.variables_of(state), exp.init_from,
+        normalization=exp.data.normalization)
     state = state.replace(
         params=variables["params"],
         model_state={k: v for k, v in variables.items() if k != "params"})
 
-  step_fn = make_train_step(config, model, tx, schedule, mesh)
+  step_fn = step_lib.make_train_step(exp.system, tx, schedule, mesh,
+                                     seed=run.seed)
 
-  num_steps = int(config.run.num_steps)
+  num_steps = int(run.num_steps)
   step = int(jax.device_get(state.step))
   writer = _MetricsWriter(workdir, step)
   first = step
@@ -196,8 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch = mesh_lib.host_to_global(host_batch, mesh)
       state, metrics = step_fn(state, batch)
       step += 1
-      do_log = step % config.run.log_every == 0 or step == num_steps
-      do_save = (step % config.run.checkpoint_every == 0 or step == num_steps
+      do_log = step % run.log_every == 0 or step == num_steps
+      do_save = (step % run.checkpoint_every == 0 or step == num_steps
                  or step == stop_after)
       if do_log or do_save:
         scalars = {f"train/{k}": float(v)
@@ -214,14 +161,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write(step, scalars)
         last_logged = scalars
         logging.info(
-            "step %d/%d  loss %.4f (cls %.3f box %.3f ctr %.3f oim %.3f)  "
-            "%.2f steps/s  ETA %s", step, num_steps, scalars["train/loss"],
-            scalars["train/loss_cls"], scalars["train/loss_box"],
-            scalars["train/loss_ctr"], scalars["train/loss_oim"], rate,
+            "step %d/%d  loss %.4f (%s)  %.2f steps/s  ETA %s", step,
+            num_steps, scalars["train/loss"], _loss_terms(scalars), rate,
             _format_eta((num_steps - step) / max(rate, 1e-9)))
         t_last, step_last = now, step
       if do_save:
-        checkpoint.save(mngr, step, state, data_iter, config)
+        checkpoint.save(mngr, step, state, data_iter, exp.config)
         last_saved = step
   finally:
     mngr.wait_until_finished()
@@ -229,11 +174,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Trained %d steps in %.1f s", step - first, time.time() - t0)
 
   results: dict[str, Any] = {"step": step, "metrics": last_logged}
-  if step >= num_steps and config.run.eval_at_end:
-    variables = {"params": state.params, **state.model_state}
-    results["eval"] = eval_run.evaluate(config, workdir, variables=variables,
-                                        model=model, mesh=mesh,
-                                        builder=ctx["builder"], step=step)
+  if step >= num_steps and run.eval_at_end:
+    results["eval"] = eval_run.evaluate(
+        exp.system, state_lib.variables_of(state),
+        data=eval_run.EvalData(exp.builder, exp.dataset.label, exp.data),
+        options=exp.eval, mesh=mesh, workdir=workdir, label=f"step_{step}",
+        step=step)
   mngr.close()
   return results
 

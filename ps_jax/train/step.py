@@ -1,166 +1,91 @@
-"""The AlignPS train step: one pure function, jitted once per scale bucket.
+"""The train step of every system: one pure function, jitted once per shape.
 
     train_step(state, batch) -> (state, metrics)
 
-model.apply -> FCOS targets -> detection losses -> re-ID samples -> focal
-OIM + triplet -> gradients -> optax -> OIM memory update. Nothing here knows
-about devices: the loop jits it with the batch sharded over "data" and the
-state replicated, and XLA inserts the collectives. Because the memory update
-reads the embeddings of the *global* batch, every device ends the step with the
-same lookup table and queue, and 1 device and 8 devices give the same result.
-
-Re-ID samples. Every positive point is a re-ID sample (AlignPS §2.4). To keep
-shapes static, the positive points of the global batch are packed, in order
-(image, then level, then point), into `max_reid_samples` slots with a valid
-mask; positives beyond that budget are dropped and counted in the metrics
-(`reid_overflow`). With centre sampling of radius r strides, a box has at most
-(2r + 1)^2 positives on its level, which sizes the default budget.
+system.loss -> gradients -> optax -> system.update_extra. Nothing here knows
+about devices or about a particular method: the loop jits it with the batch
+sharded over "data" and the state replicated and donated, and XLA inserts the
+collectives. `update_extra` sees the auxiliaries of the *global* batch, so
+every device ends the step with the same extra state (AlignPS: the same OIM
+lookup table and queue), and 1 device and 8 devices give the same result.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
-from ps_jax.losses import fcos as fcos_losses
-from ps_jax.losses import oim
-from ps_jax.losses import triplet as triplet_losses
-from ps_jax.ops import assign
+from ps_jax import mesh as mesh_lib
+from ps_jax.systems import base
+from ps_jax.train import optim
+from ps_jax.train import state as state_lib
 from ps_jax.train.state import TrainState
 
 
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """Loss settings (`config.loss`); see configs/common.py:alignps_loss."""
-  regress_ranges: Sequence[Sequence[float]]
-  center_sample_radius: float | None = 1.5
-  focal_alpha: float = 0.25
-  focal_gamma: float = 2.0
-  oim_queue_size: int = 5000
-  oim_lut_scale: float = 10.0     # AlignPS: scores *= 10 (temperature 0.1)
-  oim_queue_scale: float = 10.0   # AlignPS PRW: 10 for the queue, 15 for LUT
-  oim_momentum: float = 0.5
-  oim_normalize_lut: bool = False  # AlignPS CUHK leaves the LUT unnormalized
-  oim_queue_dims: int | None = 64  # AlignPS CUHK writes 64 of 256 dims
-  oim_focal_gamma: float = 2.0
-  triplet: bool = True
-  triplet_margin: float = 0.3
-  w_cls: float = 1.0
-  w_box: float = 1.0
-  w_ctr: float = 1.0
-  w_oim: float = 1.0
-  w_triplet: float = 1.0
-
-  @classmethod
-  def from_config(cls, cfg: Any) -> "LossConfig":
-    d = dict(cfg)
-    d["regress_ranges"] = tuple(tuple(float(v) for v in r)
-                                for r in d["regress_ranges"])
-    return cls(**d)
-
-
-def max_reid_samples(batch_size: int, max_boxes: int,
-                     center_sample_radius: float | None) -> int:
-  """Slots for positive points: the most a batch can have with centre
-  sampling, (2r + 1)^2 per box (rounded up), or 64 per box without it."""
-  if center_sample_radius is None:
-    per_box = 64
-  else:
-    side = int(2 * center_sample_radius) + 2
-    per_box = side * side
-  return batch_size * max_boxes * per_box
-
-
-def pack_positives(pos: jax.Array, max_samples: int
-                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Indices of the first `max_samples` positives, in order.
-
-  Args:
-    pos: bool[M] positive flags over the flattened (image, point) axis.
-    max_samples: static number of slots S.
-  Returns:
-    idx i32[S] indices into M (0 for empty slots), valid bool[S], and the
-    number of positives that did not fit, i32[].
-  """
-  num = jnp.sum(pos.astype(jnp.int32))
-  # A stable sort of "not positive" brings positives first, in their order.
-  order = jnp.argsort(jnp.logical_not(pos), stable=True)
-  if order.shape[0] < max_samples:
-    order = jnp.pad(order, (0, max_samples - order.shape[0]))
-  idx = order[:max_samples]
-  valid = jnp.arange(max_samples) < num
-  overflow = jnp.maximum(num - max_samples, 0)
-  return jnp.where(valid, idx, 0), valid, overflow
-
-
-def compute_losses(params: Any, model_state: Any, memory: oim.OIMMemory,
-                   batch: dict[str, jax.Array], *, model: Any,
-                   loss_cfg: LossConfig, max_samples: int
-                   ) -> tuple[jax.Array, dict[str, Any]]:
-  """Total loss and auxiliaries (metrics, packed re-ID samples)."""
-  out = model.apply({"params": params, **model_state}, batch["image"],
-                    train=True)
-  ranges = jnp.asarray(loss_cfg.regress_ranges, jnp.float32)
-  targets = assign.batched_fcos_targets(
-      out["points"], out["strides"], out["levels"], batch["boxes_xyxy"],
-      batch["pids"], batch["boxes_valid"], ranges,
-      center_sample_radius=loss_cfg.center_sample_radius, norm_by_stride=True)
-  det = fcos_losses.fcos_detection_losses(
-      out["cls_logits"][..., 0], out["box_ltrb"], out["ctr_logits"][..., 0],
-      targets, out["points"], focal_alpha=loss_cfg.focal_alpha,
-      focal_gamma=loss_cfg.focal_gamma)
-
-  b, p, d = out["reid_emb"].shape
-  idx, valid, overflow = pack_positives(targets["pos"].reshape(b * p),
-                                        max_samples)
-  feats = oim.l2_normalize(
-      out["reid_emb"].reshape(b * p, d)[idx].astype(jnp.float32))
-  pids = jnp.where(valid, targets["pids"].reshape(b * p)[idx], -1)
-
-  logits = oim.oim_logits(feats, memory, lut_scale=loss_cfg.oim_lut_scale,
-                          queue_scale=loss_cfg.oim_queue_scale)
-  reid = oim.oim_loss(logits, pids, valid, focal_gamma=loss_cfg.oim_focal_gamma,
-                      reduction="mean_all")
-  total = (loss_cfg.w_cls * det["loss_cls"] + loss_cfg.w_box * det["loss_box"]
-           + loss_cfg.w_ctr * det["loss_ctr"] + loss_cfg.w_oim * reid["loss"])
-  metrics = {"loss_cls": det["loss_cls"], "loss_box": det["loss_box"],
-             "loss_ctr": det["loss_ctr"], "loss_oim": reid["loss"],
-             "num_pos": det["num_pos"], "reid_overflow": overflow}
-  if loss_cfg.triplet:
-    tri_feats, tri_pids, tri_valid = triplet_losses.alignps_triplet_inputs(
-        feats, pids, valid, memory.lut)
-    tri = triplet_losses.batch_hard_triplet_loss(
-        tri_feats, tri_pids, tri_valid, margin=loss_cfg.triplet_margin)
-    total = total + loss_cfg.w_triplet * tri["loss"]
-    metrics["loss_triplet"] = tri["loss"]
-  metrics["loss"] = total
-  aux = {"metrics": metrics, "feats": feats, "pids": pids, "valid": valid}
-  return total, aux
-
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
-               tx: optax.GradientTransformation, schedule: Any,
-               loss_cfg: LossConfig, max_samples: int
+def train_step(state: TrainState, batch: dict[str, jax.Array], *,
+               system: base.System, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, seed: int
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on a (global) batch; see the module docstring."""
-  grad_fn = jax.value_and_grad(compute_losses, has_aux=True)
-  (_, aux), grads = grad_fn(state.params, state.model_state, state.memory,
-                            batch, model=model, loss_cfg=loss_cfg,
-                            max_samples=max_samples)
+  """One SGD step on a (global) batch; see the module docstring.
+
+  The step's random key is the run's training key folded with the step
+  number, so a resumed run draws the same numbers as an uninterrupted one.
+  """
+  _, train_key = base.init_rngs(seed)
+  rng = jax.random.fold_in(train_key, state.step)
+  grad_fn = jax.value_and_grad(system.loss, has_aux=True)
+  (_, aux), grads = grad_fn(state.params, state.model_state, state.extra,
+                            batch, rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  memory = oim.update_memory(
-      state.memory, aux["feats"], aux["pids"], aux["valid"],
-      momentum=loss_cfg.oim_momentum, normalize_lut=loss_cfg.oim_normalize_lut,
-      queue_dims=loss_cfg.oim_queue_dims)
+  extra = system.update_extra(state.extra, aux)
   metrics = dict(aux["metrics"])
   metrics["grad_norm"] = optax.global_norm(grads)
   metrics["lr"] = schedule(state.step)
   new_state = state.replace(step=state.step + 1, params=params,
-                            opt_state=opt_state, memory=memory)
+                            opt_state=opt_state, extra=extra)
   return new_state, metrics
+
+
+def make_train_step(system: base.System, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, mesh: jax.sharding.Mesh, *,
+                    seed: int):
+  """The jitted train step: batch sharded on "data", state replicated and
+  donated. jax.jit compiles it once per batch shape (scale bucket)."""
+  repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
+  return jax.jit(
+      functools.partial(train_step, system=system, tx=tx, schedule=schedule,
+                        seed=int(seed)),
+      in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
+      donate_argnums=0)
+
+
+def init_state(system: base.System, optim_options: optim.OptimOptions, seed: int,
+               image_hw: Any, mesh: jax.sharding.Mesh
+               ) -> tuple[TrainState, optax.GradientTransformation,
+                          optax.Schedule]:
+  """A fresh replicated TrainState, the optimizer and its schedule.
+
+  Args:
+    system: the system to train.
+    optim_options: `ps_jax.train.optim.OptimOptions`.
+    seed: the run's seed (`base.initialize` draws the initial values).
+    image_hw: (H, W) of the example batch the system is initialised with.
+    mesh: the device mesh; the state is replicated over it.
+  """
+  init_key, _ = base.init_rngs(seed)
+  images = base.example_images(image_hw)
+  variables = jax.eval_shape(system.init, init_key, images)[0]
+  tx, schedule = optim.make_optimizer(
+      variables["params"], is_frozen=system.is_frozen,
+      **optim_options.as_kwargs())
+
+  def init_fn(key):
+    variables, extra = system.init(key, images)
+    return state_lib.create(variables, extra, tx)
+
+  state = jax.jit(init_fn, out_shardings=mesh_lib.replicated(mesh))(init_key)
+  return state, tx, schedule

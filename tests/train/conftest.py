@@ -1,17 +1,18 @@
-"""Fixtures shared by the training tests.
+"""Fixtures shared by the training tests, and the systems they run over.
+
+Every test of the trainer that is not about one method runs once per system
+in `SYSTEMS`: a new system inherits the 1-vs-8-device step test, the
+loss-decrease test and the kill-and-resume test by adding a case here (its
+tiny experiment).
 
 Compiling the tiny AlignPS train step takes tens of seconds on a 2-core CPU
 and dominates these tests, so:
-  * `make_tiny_config` / `tiny_config` train at a single scale bucket, so
-    the step compiles once per mesh (the bucket mechanism itself is tested
-    with the pipeline);
+  * the tiny configs train at a single scale bucket, so the step compiles
+    once per mesh (the bucket mechanism itself is tested with the pipeline);
   * a persistent XLA compilation cache lives for the test session: every
     `train_and_evaluate` call jits its own step function, and the cache turns
-    the second and later compilations of the same program (same config, same
-    mesh) into a load from disk. Results are identical either way.
-
-`tiny_synthetic_dir` builds the `tiny` synthetic dataset once per session, as
-the fixture of the same name in tests/data/conftest.py does.
+    the second and later compilations of the same program (same system,
+    same mesh) into a load from disk. Results are identical either way.
 """
 
 from collections.abc import Callable
@@ -22,17 +23,12 @@ import ml_collections
 import pytest
 
 from configs import synthetic_tiny
-from data_builders import build
+from ps_jax import experiment
 
 # The one bucket the tiny tests train at (height, width).
 TINY_SCALE = (96, 96)
-
-
-@pytest.fixture(scope="session")
-def tiny_synthetic_dir(tmp_path_factory) -> str:
-  data_dir = tmp_path_factory.mktemp("tfds_tiny_synthetic")
-  build.build_dataset("synthetic_person_search", "tiny", data_dir=data_dir)
-  return str(data_dir)
+# The systems the trainer's tests run over (see the module docstring).
+SYSTEMS = ("alignps", "toy")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -72,3 +68,26 @@ def make_tiny_config(tiny_synthetic_dir
 def tiny_config(make_tiny_config) -> ml_collections.ConfigDict:
   """A fresh `make_tiny_config()` for one test to modify."""
   return make_tiny_config()
+
+
+@pytest.fixture(scope="session")
+def make_experiment(toy_system_cls):
+  """make(system_name, config) -> the tiny experiment of that system.
+
+  'alignps' is the config's own system (configs/synthetic_tiny.py); 'toy'
+  is the worked example of docs/architecture.md, passed to the trainer as
+  a built system on the same data, optimizer and run settings.
+  """
+  def make(name: str, config: ml_collections.ConfigDict):
+    if name == "alignps":
+      return experiment.from_config(config)
+    if name == "toy":
+      return experiment.from_config(config, system=toy_system_cls())
+    raise ValueError(f"no tiny experiment for system {name!r}")
+  return make
+
+
+@pytest.fixture(scope="module", params=SYSTEMS)
+def system(request) -> str:
+  """The name of the system a parametrised trainer test runs with."""
+  return request.param
