@@ -21,7 +21,6 @@ on stderr.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -103,25 +102,8 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def load_config_file(spec: str) -> Any:
-  """`get_config()` (or `get_config(arg)`) of a config file `path[:arg]`."""
-  path, _, arg = spec.partition(":")
-  file = pathlib.Path(path)
-  if not file.is_file():
-    raise FileNotFoundError(f"--config: no config file {file}")
-  module_spec = importlib.util.spec_from_file_location(
-      f"_ps_jax_eval_config_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    from ps_jax.eval.run import EvalError  # lazy: imports jax
-    raise EvalError(f"--config: {file} has no get_config()")
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def _checkpoint_config(workdir: pathlib.Path, step: int | None) -> Any:
   """The config saved with a checkpoint, without restoring the state."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from ps_jax import checkpoint  # pylint: disable=g-import-not-at-top
   mngr = checkpoint.manager(workdir, async_save=False)
@@ -134,41 +116,72 @@ def _checkpoint_config(workdir: pathlib.Path, step: int | None) -> Any:
         "pass --config")
   restored = mngr.restore(step, args=ocp.args.Composite(
       config=ocp.args.JsonRestore()))
-  return ml_collections.ConfigDict(restored["config"])
+  return restored["config"]
+
+
+def _with_overrides(config: Any, args: argparse.Namespace) -> dict[str, Any]:
+  """The config as plain data, with the command line's eval / dataset
+  overrides applied."""
+  from ps_jax import experiment  # pylint: disable=g-import-not-at-top
+  plain = experiment.plain_config(config)
+  overrides = {"det_thresh": args.det_thresh, "query_mode": args.query_mode,
+               "gallery_sizes": args.gallery_sizes}
+  for key, value in overrides.items():
+    if value is not None:
+      plain["eval"][key] = list(value) if isinstance(value, tuple) else value
+  if args.data_dir:
+    plain["dataset"]["data_dir"] = args.data_dir
+  return plain
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-  """Evaluates as `args` say; returns the results dict."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from ps_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from ps_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from ps_jax.eval import run as run_lib  # pylint: disable=g-import-not-at-top
+  """Evaluates as `args` say; returns the results dict.
+
+  The choice of what is evaluated is made here: a checkpoint of the workdir
+  (default), the untrained system (initialised exactly as training starts),
+  or a model-free baseline.
+  """
+  # pylint: disable=g-import-not-at-top
+  from ps_jax import checkpoint
+  from ps_jax import experiment
+  from ps_jax import mesh as mesh_lib
+  from ps_jax import systems
+  from ps_jax.eval import run as run_lib
+  # pylint: enable=g-import-not-at-top
 
   mesh_lib.maybe_initialize_distributed()
   workdir = pathlib.Path(args.workdir)
-  variables, step = None, args.step
-  config = load_config_file(args.config) if args.config else None
+  config = experiment.load_config_file(args.config) if args.config else None
   needs_checkpoint = not (args.untrained or args.baseline)
   if (needs_checkpoint or config is None) and not (workdir / "ckpt").is_dir():
     raise FileNotFoundError(
         f"no checkpoint in {workdir / 'ckpt'}: train first (python train.py "
         f"--workdir {workdir})" + ("" if needs_checkpoint else
                                    ", or pass --config"))
+  variables, step = None, args.step
   if needs_checkpoint:
     saved, variables, step = checkpoint.restore_variables(workdir, step)
-    config = config or ml_collections.ConfigDict(saved)
+    config = config or saved
   elif config is None:
     config = _checkpoint_config(workdir, step)
-  overrides = {"det_thresh": args.det_thresh, "query_mode": args.query_mode,
-               "gallery_sizes": args.gallery_sizes}
-  for key, value in overrides.items():
-    if value is not None:
-      config.eval[key] = value
-  if args.data_dir:
-    config.dataset.data_dir = args.data_dir
-  return run_lib.evaluate(config, workdir, variables=variables, step=step,
-                          untrained=args.untrained, baseline=args.baseline,
-                          use_cache=not args.no_cache, output=args.output)
+  exp = experiment.from_config(_with_overrides(config, args))
+  data = run_lib.EvalData(exp.builder, exp.dataset.label, exp.data)
+  common = dict(data=data, options=exp.eval, workdir=workdir,
+                use_cache=not args.no_cache)
+  if args.baseline:
+    return run_lib.evaluate_baseline(args.baseline, output=args.output,
+                                     **common)
+  mesh = mesh_lib.make_mesh()
+  if args.untrained:
+    variables, _ = systems.initialize(exp.system, exp.run.seed,
+                                      exp.data.train_scales[0])
+    return run_lib.evaluate(
+        exp.system, variables, mesh=mesh, label="untrained",
+        output=args.output or workdir / "eval_results_untrained.json",
+        **common)
+  return run_lib.evaluate(exp.system, variables, mesh=mesh,
+                          label=f"step_{step}", step=step,
+                          output=args.output, **common)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,14 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags.FLAGS.mark_as_parsed()
   logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
-  from ps_jax.eval import run as run_lib  # pylint: disable=g-import-not-at-top
+  from ps_jax.eval import report  # pylint: disable=g-import-not-at-top
   try:
     results = run(args)
-  except (FileNotFoundError, run_lib.EvalError) as e:
+  except (FileNotFoundError, ValueError) as e:
     print(f"python -m ps_jax.eval: error: {e}", file=sys.stderr)
     return 1
   if jax.process_index() == 0:
-    print(run_lib.format_table(results))
+    print(report.format_table(results))
     print(f"results: {results['output']}")
   return 0
 

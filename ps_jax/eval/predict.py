@@ -1,25 +1,13 @@
-"""The prediction side of evaluation: model outputs -> per-image detections.
+"""The prediction side of evaluation: a system's predict over whole splits.
 
-`make_predict_step` builds one jitted function
-
-    predict_step(variables, batch, query_boxes) -> dict
-
-that runs the model in prediction mode (P3 only), keeps a fixed `max_dets`
-detections per image (`models.person_search.predict_detections`: pre-NMS
-top-k, score threshold, NMS, score = cls x centerness, L2-normalized
-embeddings) and the embedding of one query box per image (`query_embedding`:
-AlignPS's best-IoU detection, or the box centre). Boxes go back to original
-pixels with the exact inverse of the pipeline's per-axis resize,
-x * orig_w / image_w and y * orig_h / image_h (mmdet's test-time
-`scale_factor` is per axis too).
-
-`predict_split` runs it over a whole split, batched and sharded over the mesh
-like training, and returns a `SplitPredictions` of plain NumPy arrays in the
-split's record order. Those are what the host-side protocols read, and what
-`save_predictions` caches so the protocols can be re-run with other options
-without the model. `Predictor` does the same for a user's own images
-(`ps_jax.search`). `checkpoint.restore_variables` loads a checkpoint's parameters onto
-this process's devices, whatever devices wrote it.
+`make_predict_step(system)` jits the system's `predict` (fixed-size
+detections and embeddings per image, and the embedding of one query box per
+image, in original-image pixels). `predict_split` runs it over a whole split,
+batched and sharded over the mesh like training, and returns a
+`SplitPredictions` of plain NumPy arrays in the split's record order. Those
+are what the host-side protocols read, and what `ps_jax.eval.cache` keeps on
+disk so the protocols can be re-run with other options without the model.
+`Predictor` does the same for a user's own images (`ps_jax.search`).
 
 Multi-process: every process feeds its shard of the split (records p, p + n,
 ...); the step's outputs are gathered on every process
@@ -30,30 +18,22 @@ predictions in record order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import pathlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ps_jax import checkpoint
 from ps_jax import mesh as mesh_lib
-from ps_jax import models
 from ps_jax.data import augment
 from ps_jax.data import pipeline
-from ps_jax.models import person_search
-
-# The `config.eval` keys that change what the predict step computes (the
-# others, e.g. det_thresh, are protocol options applied to its output).
-PREDICT_KEYS = ("max_dets", "pre_nms_top_k", "score_threshold", "nms_iou",
-                "query_mode")
+from ps_jax.systems import base
 
 
 @dataclasses.dataclass
@@ -115,99 +95,28 @@ class SplitPredictions:
       raise ValueError(f"{where}: det_offsets are not cumulative counts")
 
 
-def save_predictions(pred: SplitPredictions, path: str | pathlib.Path) -> None:
-  """Write `pred` to an .npz file atomically (temp file, then rename)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, **dataclasses.asdict(pred))
-  tmp.replace(path)
-
-
-def load_predictions(path: str | pathlib.Path) -> SplitPredictions:
-  """Read predictions written by `save_predictions`."""
-  path = pathlib.Path(path)
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      pred = SplitPredictions(**{k: f[k] for k in f.files})
-    pred.check(str(path))
-  except (OSError, ValueError, TypeError, KeyError) as e:
-    raise ValueError(f"{path}: not a ps_jax prediction cache ({e}); delete "
-                     "it to predict again") from e
-  return pred
-
-
-def predict_settings(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
-  """The `config.eval` values the predict step depends on (PREDICT_KEYS)."""
-  missing = [k for k in PREDICT_KEYS if k not in eval_cfg]
-  if missing:
-    raise ValueError(f"config.eval lacks {missing}; expected the keys of "
-                     "configs/common.py evaluation()")
-  out = {k: eval_cfg[k] for k in PREDICT_KEYS}
-  out.update(max_dets=int(out["max_dets"]),
-             pre_nms_top_k=int(out["pre_nms_top_k"]),
-             score_threshold=float(out["score_threshold"]),
-             nms_iou=float(out["nms_iou"]), query_mode=str(out["query_mode"]))
-  if out["query_mode"] not in ("best_iou", "center"):
-    raise ValueError(f"config.eval.query_mode={out['query_mode']!r}; "
-                     "expected 'best_iou' or 'center'")
-  return out
-
-
-# (model, settings) -> jitted step. Linen modules compare and hash by their
-# fields, so evaluating the same architecture twice in one process (after
-# training, or in tests) reuses the compiled step instead of recompiling.
-_STEPS: dict[Any, Any] = {}
-
-
-def make_predict_step(model: Any, eval_cfg: Mapping[str, Any]):
-  """The jitted predict step for `model` with `config.eval` settings.
+def make_predict_step(system: base.PersonSearchSystem):
+  """The jitted predict step of a person-search system.
 
   Returns fn(variables, batch, query_boxes f32[B, 4] original pixels) ->
-  dict(boxes f32[B, M, 4] original pixels, scores f32[B, M], embeddings
-  f32[B, M, D], valid bool[B, M], query_embedding f32[B, D],
-  query_from_detection bool[B], index i32[B], orig_hw i32[B, 2]). `batch`
-  needs image f32[B, H, W, 3], image_hw i32[B, 2], orig_hw i32[B, 2] (0 for
-  padding examples), index i32[B] and example_valid bool[B].
+  `system.predict`'s dict (boxes f32[B, M, 4] original pixels, scores
+  f32[B, M], embeddings f32[B, M, D], valid bool[B, M], query_embedding
+  f32[B, D], query_from_detection bool[B]) with padding examples' detections
+  marked invalid, plus index i32[B] and orig_hw i32[B, 2] passed through.
+  `batch` needs image f32[B, H, W, 3], image_hw i32[B, 2], orig_hw i32[B, 2]
+  (0 for padding examples), index i32[B] and example_valid bool[B].
+  jax.jit caches the compiled step per system (systems are immutable and
+  compare by value) and input shape.
   """
-  settings = predict_settings(eval_cfg)
-  key = (model, tuple(sorted(settings.items())))
-  try:
-    return _STEPS[key]
-  except (KeyError, TypeError):  # TypeError: an unhashable stand-in model
-    pass
-  norm_on_bbox = bool(getattr(model, "norm_on_bbox", True))
-  valid_only = bool(getattr(model, "head_sub_mean_valid_only", False))
+  return jax.jit(functools.partial(_predict, system))
 
-  def step(variables, batch, query_boxes):
-    image_hw = jnp.asarray(batch["image_hw"], jnp.float32)
-    orig_hw = jnp.asarray(batch["orig_hw"], jnp.float32)
-    kwargs = {"image_hw": batch["image_hw"]} if valid_only else {}
-    out = model.apply(variables, batch["image"], train=False, **kwargs)
-    # Per-axis (y, x) network px per original px: the exact inverse of the
-    # pipeline's resize. Padding examples (orig_hw = 0) get 1.
-    scale = jnp.where(orig_hw > 0, image_hw / jnp.maximum(orig_hw, 1.0), 1.0)
-    pred = person_search.predict_detections(
-        out, batch["image_hw"], scale, max_dets=settings["max_dets"],
-        pre_nms_top_k=settings["pre_nms_top_k"],
-        score_threshold=settings["score_threshold"],
-        nms_iou=settings["nms_iou"], norm_on_bbox=norm_on_bbox,
-        orig_hw=batch["orig_hw"])
-    q = person_search.query_embedding(pred, query_boxes, out, scale,
-                                      mode=settings["query_mode"])
-    valid = pred["valid"] & batch["example_valid"][:, None]
-    return {"boxes": pred["boxes"], "scores": pred["scores"],
-            "embeddings": pred["embeddings"], "valid": valid,
-            "query_embedding": q["embedding"],
-            "query_from_detection": q["from_detection"],
-            "index": batch["index"], "orig_hw": batch["orig_hw"]}
 
-  fn = jax.jit(step)
-  try:
-    _STEPS[key] = fn
-  except TypeError:
-    pass
-  return fn
+def _predict(system, variables, batch, query_boxes):
+  out = dict(system.predict(variables, batch, query_boxes))
+  base.check_predictions(out, type(system).__name__)
+  out["valid"] = out["valid"] & batch["example_valid"][:, None]
+  out["index"], out["orig_hw"] = batch["index"], batch["orig_hw"]
+  return {k: out[k] for k in base.PREDICT_OUTPUTS + ("index", "orig_hw")}
 
 
 def progress_bar(total: int, desc: str):
@@ -268,10 +177,10 @@ class _Collector:
     return {**rec, **det}
 
 
-def _global_eval_batch(data_cfg: Mapping[str, Any]) -> int:
-  """config.data's global eval batch, rounded up to a multiple of the
-  device count (padding examples fill it)."""
-  bs = int(data_cfg.get("eval_batch_size") or data_cfg["batch_size"])
+def _global_eval_batch(data_cfg: pipeline.PipelineConfig) -> int:
+  """The global eval batch, rounded up to a multiple of the device count
+  (padding examples fill it)."""
+  bs = int(data_cfg.eval_batch_size or data_cfg.batch_size)
   ndev = jax.device_count()
   rounded = math.ceil(bs / ndev) * ndev
   if rounded != bs:
@@ -281,7 +190,7 @@ def _global_eval_batch(data_cfg: Mapping[str, Any]) -> int:
 
 
 def predict_split(predict_step, variables: Any, source: Sequence[Mapping],
-                  data_cfg: Any, mesh: Any, *,
+                  data_cfg: pipeline.PipelineConfig, mesh: Any, *,
                   query_boxes: np.ndarray | None = None,
                   desc: str = "predict") -> SplitPredictions:
   """Run `predict_step` over every record of `source`, in order.
@@ -290,7 +199,7 @@ def predict_split(predict_step, variables: Any, source: Sequence[Mapping],
     predict_step: from `make_predict_step`.
     variables: the model variables, replicated on `mesh`.
     source: the split's random-access records (pipeline.data_source).
-    data_cfg: the config's `data` section (test_scale, eval_batch_size, ...);
+    data_cfg: the input settings (test_scale, eval_batch_size, ...);
       eval_batch_size is global (rounded up to a multiple of the devices).
     mesh: the device mesh.
     query_boxes: optional f32[R, 4] query box per record, xyxy original
@@ -356,29 +265,25 @@ def _image_id(record: Mapping[str, Any]) -> str:
 
 
 class Predictor:
-  """A trained model applied to a user's own images (`ps_jax.search`).
+  """A trained person-search system applied to a user's own images
+  (`ps_jax.search`).
 
-  Images of any size are resized into the config's test bucket, like the
+  Images of any size are resized into the test bucket of `data`, like the
   evaluation pipeline does, one image per call of the jitted step (the
   bucket compiles once).
+
+  Attributes:
+    system: the system.
+    embedding_dim: D.
   """
 
-  def __init__(self, config: Any, variables: Any, model: Any):
-    self.config = config
+  def __init__(self, system: base.PersonSearchSystem, variables: Any,
+               data: pipeline.PipelineConfig):
+    self.system = system
     self._variables = variables
-    self._model = model
-    self._step = make_predict_step(model, config["eval"])
-    self._data = pipeline.PipelineConfig.from_config(config["data"])
-    self.embedding_dim = int(config["model"]["reid_dim"]
-                             or config["model"]["neck_channels"])
-
-  @classmethod
-  def from_workdir(cls, workdir: str | pathlib.Path,
-                   step: int | None = None) -> "Predictor":
-    """Load the config and parameters of a training workdir's checkpoint."""
-    config, variables, _ = checkpoint.restore_variables(workdir, step)
-    config = ml_collections.ConfigDict(config)
-    return cls(config, variables, models.build_model(config.model))
+    self._step = make_predict_step(system)
+    self._data = data
+    self.embedding_dim = int(system.embedding_dim)
 
   def _batch(self, image: np.ndarray) -> dict[str, np.ndarray]:
     image = np.asarray(image)

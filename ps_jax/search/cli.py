@@ -34,8 +34,12 @@ def load_predictor(workdir: str, step: int | None) -> index_lib.Predictor:
   if not os.path.isdir(workdir):
     raise SearchError(f"--workdir {workdir}: no such directory (the training "
                       "run's --workdir, holding ckpt/)")
-  from ps_jax.eval import predict  # pylint: disable=g-import-not-at-top
-  return predict.Predictor.from_workdir(workdir, step=step)
+  # pylint: disable=g-import-not-at-top
+  from ps_jax import experiment
+  from ps_jax.eval import predict
+  # pylint: enable=g-import-not-at-top
+  exp, variables, _ = experiment.restore(workdir, step)
+  return predict.Predictor(exp.system, variables, exp.data)
 
 
 def _box(text: str) -> tuple[float, ...]:
@@ -310,7 +314,7 @@ def main(argv: Sequence[str] | None = None,
   Args:
     argv: arguments without the program name (default: sys.argv[1:]).
     predictor_factory: (workdir, step) -> Predictor; default loads the
-      checkpoint with `ps_jax.eval.predict.Predictor.from_workdir`. Tests
+      checkpoint with `load_predictor`. Tests
       inject fakes here.
   """
   factory = predictor_factory or load_predictor

@@ -37,6 +37,15 @@ def test_evaluates_the_checkpoint_with_overrides(workdir, capsys):
   assert f"results: {workdir / 'eval_results.json'}" in out
 
 
+def test_untrained_is_evaluated_beside_the_checkpoint(workdir, capsys):
+  assert eval_main.main(["--workdir", str(workdir), "--untrained",
+                         "--gallery_sizes", "10"]) == 0
+  assert "model=untrained" in capsys.readouterr().out
+  results = json.loads((workdir / "eval_results_untrained.json").read_text())
+  assert results["model"] == "untrained" and results["step"] is None
+  assert not (workdir / "eval_results.json").exists()
+
+
 def test_python_m_on_one_device_reads_an_eight_device_checkpoint(workdir):
   # The checkpoint was written from 8 (simulated) devices; a process with
   # one device must still restore it (no orbax topology mismatch).

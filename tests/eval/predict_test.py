@@ -15,14 +15,17 @@ import pytest
 from ps_jax import mesh as mesh_lib
 from ps_jax.data import augment
 from ps_jax.data import pipeline
+from ps_jax import experiment
+from ps_jax.eval import cache
 from ps_jax.eval import predict
 from ps_jax.models import person_search
 from ps_jax.ops import points as points_lib
+from ps_jax.systems import alignps
 
 
 @pytest.fixture(scope="module")
-def test_split(tiny_builder):
-  source = pipeline.data_source(tiny_builder, "test")
+def test_split(tiny_experiment):
+  source = pipeline.data_source(tiny_experiment.builder, "test")
   decoded = [augment.decode(source[r], r) for r in range(len(source))]
   # Query box of record r: its first person, or (0, 0, 0, 0) without one.
   qboxes = np.array([ex["boxes_xyxy"][0] if len(ex["boxes_xyxy"])
@@ -31,15 +34,16 @@ def test_split(tiny_builder):
 
 
 @pytest.fixture(scope="module")
-def split_predictions(tiny_config, tiny_model, tiny_variables, test_split):
+def split_predictions(tiny_experiment, tiny_variables, test_split):
   """The test split predicted on an 8-device and on a 1-device mesh."""
   source, _, qboxes = test_split
-  step = predict.make_predict_step(tiny_model, tiny_config.eval)
+  exp = tiny_experiment
+  step = predict.make_predict_step(exp.system)
   out = {}
   for n in (8, 1):
     mesh = mesh_lib.make_mesh(n)
     variables = jax.device_put(tiny_variables, mesh_lib.replicated(mesh))
-    out[n] = predict.predict_split(step, variables, source, tiny_config.data,
+    out[n] = predict.predict_split(step, variables, source, exp.data,
                                    mesh, query_boxes=qboxes)
   return out
 
@@ -85,31 +89,32 @@ def test_predict_split_is_the_same_on_one_and_eight_devices(
 
 
 def test_query_embedding_of_a_detected_box_is_that_detection(
-    split_predictions, tiny_config, tiny_model, tiny_variables, test_split):
+    split_predictions, tiny_experiment, tiny_variables, test_split):
   source, _, _ = test_split
+  exp = tiny_experiment
   pred = split_predictions[8]
   # Query each record with its own top detection: best_iou picks it (IoU 1).
   boxes = np.stack([pred.dets(r)[0, :4] for r in range(len(pred))])
-  step = predict.make_predict_step(tiny_model, tiny_config.eval)
+  step = predict.make_predict_step(exp.system)
   mesh = mesh_lib.make_mesh()
   again = predict.predict_split(
       step, jax.device_put(tiny_variables, mesh_lib.replicated(mesh)),
-      source, tiny_config.data, mesh, query_boxes=boxes)
+      source, exp.data, mesh, query_boxes=boxes)
   assert np.all(again.query_from_detection)
   np.testing.assert_allclose(again.query_embeddings,
                              pred.embeddings[pred.det_offsets[:-1]],
                              rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match=r"query_boxes.*\(40, 4\)"):
-    predict.predict_split(step, tiny_variables, source, tiny_config.data,
+    predict.predict_split(step, tiny_variables, source, exp.data,
                           mesh, query_boxes=boxes[:3])
 
 
 def test_save_load_round_trip(split_predictions, tmp_path):
   pred = split_predictions[8]
   path = tmp_path / "cache" / "gallery.npz"
-  predict.save_predictions(pred, path)
+  cache.save_predictions(pred, path)
   assert not list(path.parent.glob("*.tmp*"))
-  back = predict.load_predictions(path)
+  back = cache.load_predictions(path)
   for field in dataclasses.fields(pred):
     got, want = getattr(back, field.name), getattr(pred, field.name)
     assert got.dtype == want.dtype, field.name
@@ -117,17 +122,18 @@ def test_save_load_round_trip(split_predictions, tmp_path):
   bad = tmp_path / "bad.npz"
   np.savez(bad, image_ids=np.array(["a"]))
   with pytest.raises(ValueError, match="not a ps_jax prediction cache"):
-    predict.load_predictions(bad)
+    cache.load_predictions(bad)
   (tmp_path / "junk.npz").write_bytes(b"junk")
   with pytest.raises(ValueError, match="junk.npz.*delete"):
-    predict.load_predictions(tmp_path / "junk.npz")
+    cache.load_predictions(tmp_path / "junk.npz")
 
 
 def test_predictor_matches_predict_split(tiny_workdir, split_predictions,
                                          test_split):
   _, decoded, _ = test_split
   pred = split_predictions[8]
-  predictor = predict.Predictor.from_workdir(tiny_workdir)
+  exp, variables, _ = experiment.restore(tiny_workdir)
+  predictor = predict.Predictor(exp.system, variables, exp.data)
   assert predictor.embedding_dim == 16
   records = (0, 7)
   found = predictor.detect([decoded[r]["image"] for r in records])
@@ -158,6 +164,7 @@ class _OnePointModel:
   point: int = 9
   ltrb: tuple = (1.0, 1.0, 5.0, 6.0)  # stride units
   norm_on_bbox: bool = True
+  head_sub_mean_valid_only: bool = False
 
   def apply(self, variables, images, train=False):
     del train
@@ -176,10 +183,12 @@ def test_boxes_map_back_to_original_pixels_per_axis():
   # x scales by 64/131, y by 47/97 != 64/131.
   s, (h, w) = augment.fit_scale((97, 131), (64, 64))
   assert (h, w) == (47, 64)
-  model = _OnePointModel()
-  step = predict.make_predict_step(model, dict(
-      max_dets=3, pre_nms_top_k=100, score_threshold=0.5, nms_iou=0.5,
-      query_mode="center"))
+  system = alignps.AlignPSSystem(
+      model=_OnePointModel(), loss_options=None,
+      predict_options=alignps.AlignPSPredict(
+          max_dets=3, pre_nms_top_k=100, score_threshold=0.5, nms_iou=0.5,
+          query_mode="center"))
+  step = predict.make_predict_step(system)
   batch = {"image": np.zeros((2, 64, 64, 3), np.float32),
            "image_hw": np.array([[h, w], [0, 0]], np.int32),
            "orig_hw": np.array([[97, 131], [0, 0]], np.int32),
