@@ -19,3 +19,86 @@ from absl import flags  # noqa: E402
 
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
+
+import pathlib  # noqa: E402
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+
+from configs import synthetic_tiny  # noqa: E402
+from data_builders import build  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The step of the shared tiny checkpoint (`tiny_checkpoint`).
+TINY_STEP = 3
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding the `tiny` synthetic dataset, built once."""
+  data_dir = tmp_path_factory.mktemp("tfds_tiny_synthetic")
+  build.build_dataset("synthetic_person_search", "tiny", data_dir=data_dir)
+  return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_config(tiny_synthetic_dir):
+  """configs/synthetic_tiny.py on the session's dataset, keeping every
+  candidate detection (score_threshold 0) so untrained weights still
+  produce boxes. Locked: a misspelt key in a test fails."""
+  config = synthetic_tiny.get_config()
+  config.lock()
+  config.dataset.data_dir = tiny_synthetic_dir
+  config.eval.score_threshold = 0.0
+  config.eval.det_thresh = 0.0
+  return config
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tiny_eval_config):
+  from ps_jax import experiment  # pylint: disable=g-import-not-at-top
+  return experiment.from_config(tiny_eval_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_experiment) -> pathlib.Path:
+  """The one tiny checkpoint the evaluation and search tests share.
+
+  A training workdir holding a real checkpoint at step TINY_STEP: the train
+  loop's initial state of `tiny_eval_config`, saved as the loop saves it
+  (`checkpoint.save`), without compiling a train step. What is tested with
+  it (restoring, predicting, evaluating, indexing, searching) does not
+  depend on how far the weights were trained.
+  """
+  # pylint: disable=g-import-not-at-top
+  from ps_jax import checkpoint
+  from ps_jax import mesh as mesh_lib
+  from ps_jax.train import step as step_lib
+  # pylint: enable=g-import-not-at-top
+  exp = tiny_experiment
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  state, _, _ = step_lib.init_state(exp.system, exp.optim, exp.run.seed,
+                                    exp.data.train_scales[0],
+                                    mesh_lib.make_mesh())
+  mngr = checkpoint.manager(workdir)
+  checkpoint.save(mngr, TINY_STEP, state, None, exp.config)
+  mngr.wait_until_finished()
+  mngr.close()
+  return workdir
+
+
+def load_toy_system() -> type:
+  """The toy system of docs/architecture.md, executed from the doc itself,
+  so the worked example there is the code the tests train."""
+  text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+  match = re.search(r"```python\n(# toy_system\.py\n.*?)```", text, re.S)
+  assert match, "docs/architecture.md lost its toy_system.py example"
+  namespace: dict = {}
+  exec(compile(match.group(1), "docs/architecture.md:toy_system.py",  # pylint: disable=exec-used
+               "exec"), namespace)
+  return namespace["ToySystem"]
+
+
+@pytest.fixture(scope="session")
+def toy_system_cls() -> type:
+  return load_toy_system()
