@@ -8,10 +8,11 @@ Conventions:
     `fcos_detection_losses` applies the mmdet `FCOSHead.loss` normalization
     that AlignPS uses and returns every normalizer it used.
   * `ltrb` distances are [left, top, right, bottom] from a point to the box
-    sides: `box = [x - l, y - t, x + r, y + b]`. With `norm_on_bbox` the model
-    predicts them in units of the point's stride; IoU and GIoU are invariant to
-    a common translation and scale of both boxes, so predictions and targets
-    only have to share units, and the decode point may be any common point.
+    sides: `box = [x - l, y - t, x + r, y + b]` (`ps_jax.ops.box_coder`).
+    With `norm_on_bbox` the model predicts them in units of the point's
+    stride; IoU and GIoU are invariant to a common translation and scale of
+    both boxes, so predictions and targets only have to share units, and the
+    decode point may be any common point.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from ps_jax.ops import box_coder
 from ps_jax.ops import boxes as box_ops
 
 # mmdet IoULoss clamps IoU at this value before the log (eps=1e-6 default).
@@ -137,41 +139,6 @@ def centerness_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return _bce_with_logits(logits, targets)
 
 
-def ltrb_to_xyxy(points: jax.Array, ltrb: jax.Array) -> jax.Array:
-  """Decodes distances to the box sides into a box (mmdet `distance2bbox`).
-
-  No clipping to the image is applied.
-
-  Args:
-    points: f32[..., 2] (x, y) anchor points; broadcastable against
-      `ltrb[..., :2]`.
-    ltrb: f32[..., 4] [left, top, right, bottom] distances, same units as
-      `points`.
-
-  Returns:
-    f32[..., 4] xyxy boxes.
-  """
-  x, y = points[..., 0], points[..., 1]
-  return jnp.stack([x - ltrb[..., 0], y - ltrb[..., 1],
-                    x + ltrb[..., 2], y + ltrb[..., 3]], axis=-1)
-
-
-def xyxy_to_ltrb(points: jax.Array, boxes_xyxy: jax.Array) -> jax.Array:
-  """Distances from points to the sides of boxes (inverse of `ltrb_to_xyxy`).
-
-  Args:
-    points: f32[..., 2] (x, y) points; broadcastable against `boxes_xyxy`.
-    boxes_xyxy: f32[..., 4] boxes, same units.
-
-  Returns:
-    f32[..., 4] [left, top, right, bottom]; negative where the point lies
-    outside the box.
-  """
-  x, y = points[..., 0], points[..., 1]
-  return jnp.stack([x - boxes_xyxy[..., 0], y - boxes_xyxy[..., 1],
-                    boxes_xyxy[..., 2] - x, boxes_xyxy[..., 3] - y], axis=-1)
-
-
 def _squeeze_last(x: jax.Array, name: str, shape: tuple[int, ...]
                   ) -> jax.Array:
   """Accepts f32[B, P] or the model's f32[B, P, 1]."""
@@ -286,8 +253,8 @@ def fcos_detection_losses(
   # the masked branches stay finite in the backward pass.
   ctr_tgt = jnp.where(pos, ctr_tgt, 0.0)
   weights = ctr_tgt
-  box_per_point = giou_loss(ltrb_to_xyxy(origin, safe_pred),
-                            ltrb_to_xyxy(origin, safe_tgt), weights)
+  box_per_point = giou_loss(box_coder.ltrb_decode(origin, safe_pred),
+                            box_coder.ltrb_decode(origin, safe_tgt), weights)
   box_avg = jnp.sum(weights)
   has_box = box_avg > 0
   loss_box = jnp.where(

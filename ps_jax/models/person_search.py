@@ -21,8 +21,10 @@ Conventions:
     optimizer which parameters never change (frozen stem/res2 and frozen BN);
     pass `is_frozen=model.is_frozen` to `ps_jax.train.optim.make_optimizer`.
 
-Post-processing (reference-systems.md §2.7, mmdet `_get_bboxes_single` and
-`multiclass_nms_reid` with AlignPS's test_cfg):
+Post-processing (mmdet's FCOS `_get_bboxes_single`, which scores, decodes and
+thresholds each level's points, and AlignPS's `multiclass_nms_reid`, mmdet's
+`multiclass_nms` carrying each kept box's re-ID feature along, with AlignPS's
+test_cfg):
   `predict_detections` per image: top-k (`pre_nms_top_k`, 1000) points by
   sigmoid(cls) * sigmoid(ctr); keep those with sigmoid(cls) >
   `score_threshold` (0.05, on the raw class probability); decode
@@ -52,6 +54,8 @@ import jax.numpy as jnp
 from ps_jax.models import backbone as backbone_lib
 from ps_jax.models.fpn import AFANeck
 from ps_jax.models.heads import FCOSHead
+from ps_jax.ops import box_coder
+from ps_jax.ops import boxes as box_ops
 from ps_jax.ops import nms as nms_lib
 from ps_jax.ops import points as points_lib
 
@@ -268,16 +272,10 @@ def predict_detections(outputs: dict[str, Array], image_hw: Array,
   def one(cls_i, ctr_i, ltrb_i, emb_i, hw_i, scale_i):  # scale_i: [4]
     score = cls_i * ctr_i  # [P]
     _, idx = jax.lax.top_k(score, k)  # [k]
-    dist = ltrb_i[idx]  # [k, 4]
-    if norm_on_bbox:
-      dist = dist * point_strides[idx][:, None]
-    pt = points[idx]  # [k, 2]
-    h, w = hw_i[0], hw_i[1]
-    boxes = jnp.stack([
-        jnp.clip(pt[:, 0] - dist[:, 0], 0.0, w),
-        jnp.clip(pt[:, 1] - dist[:, 1], 0.0, h),
-        jnp.clip(pt[:, 0] + dist[:, 2], 0.0, w),
-        jnp.clip(pt[:, 1] + dist[:, 3], 0.0, h)], axis=-1)  # [k, 4]
+    boxes = box_coder.ltrb_decode(
+        points[idx], ltrb_i[idx],
+        point_strides[idx] if norm_on_bbox else None)  # [k, 4]
+    boxes = box_ops.clip_boxes(boxes, hw_i[0], hw_i[1])
     keep, keep_valid = nms_lib.nms(
         boxes, score[idx], iou_threshold=nms_iou, max_outputs=max_dets,
         valid=cls_i[idx] > score_threshold)

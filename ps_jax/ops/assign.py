@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from ps_jax.ops import box_coder
 from ps_jax.ops import boxes as boxes_lib
 
 INF = 1e8
@@ -127,7 +128,7 @@ def fcos_targets(
   xs = points[:, 0:1]  # [P, 1]
   ys = points[:, 1:2]  # [P, 1]
   x1, y1, x2, y2 = (gt_boxes[None, :, k] for k in range(4))  # each [1, N]
-  ltrb = jnp.stack([xs - x1, ys - y1, x2 - xs, y2 - ys], axis=-1)  # [P, N, 4]
+  ltrb = box_coder.ltrb_encode(points[:, None], gt_boxes[None])  # [P, N, 4]
 
   if center_sample_radius is None:
     inside = jnp.min(ltrb, axis=-1) > 0  # [P, N]
@@ -166,16 +167,17 @@ def fcos_targets(
            * jnp.minimum(top, bottom) / jnp.where(ok, tb_max, 1.0))
   centerness = jnp.where(ok, jnp.sqrt(jnp.where(ok, ratio, 1.0)), 0.0)
 
-  if norm_by_stride:
-    assigned_ltrb = assigned_ltrb / point_strides[:, None]
+  assigned_boxes = jnp.where(pos[:, None], gt_boxes[gt_index], 0.0)
+  ltrb_targets = box_coder.ltrb_encode(
+      points, assigned_boxes, point_strides if norm_by_stride else None)
 
   return dict(
       pos=pos,
-      ltrb=assigned_ltrb,
+      ltrb=jnp.where(pos[:, None], ltrb_targets, 0.0),
       centerness=centerness,
       pids=jnp.where(pos, gt_pids[gt_index], -1),
       gt_index=jnp.where(pos, gt_index, -1),
-      boxes=jnp.where(pos[:, None], gt_boxes[gt_index], 0.0),
+      boxes=assigned_boxes,
   )
 
 

@@ -197,19 +197,6 @@ def test_iou_giou_grads_finite_on_degenerate_boxes():
     assert np.all(np.isfinite(grads))
 
 
-def test_ltrb_round_trip():
-  rng = np.random.default_rng(3)
-  points = rng.uniform(0, 100, (2, 6, 2)).astype(np.float32)
-  boxes = _random_boxes(rng, (2, 6))
-  ltrb = fcos.xyxy_to_ltrb(jnp.asarray(points), jnp.asarray(boxes))
-  np.testing.assert_allclose(fcos.ltrb_to_xyxy(jnp.asarray(points), ltrb),
-                             boxes, rtol=1e-6, atol=1e-4)
-  # Hand value: point (10, 20), ltrb (1, 2, 3, 4) -> (9, 18, 13, 24).
-  np.testing.assert_allclose(
-      fcos.ltrb_to_xyxy(jnp.array([10.0, 20.0]), jnp.array([1.0, 2, 3, 4])),
-      [9.0, 18.0, 13.0, 24.0])
-
-
 # ----------------------------------------------------------------------------
 # fcos_detection_losses
 
