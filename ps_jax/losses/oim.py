@@ -14,8 +14,8 @@ Conventions:
     labels cannot be reported inside jit, so the data pipeline checks them:
     here `update_memory` ignores pid >= K and `oim_loss` ignores pid >= its
     number of columns K + Q.
-  * Embeddings are expected L2-normalized (`l2_normalize`, same as
-    `torch.nn.functional.normalize`) before they reach the logits or the
+  * Embeddings are expected L2-normalized (`ps_jax.ops.vectors.l2_normalize`,
+    same as `torch.nn.functional.normalize`) before they reach the logits or the
     memory update, as in every reference.
   * For data parallelism the caller passes the embeddings of the *global*
     batch, so every device computes the same update. Nothing here names a
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-_NORM_EPS = 1e-12  # torch.nn.functional.normalize default
+from ps_jax.ops import vectors
 
 
 @flax.struct.dataclass
@@ -70,25 +70,6 @@ def init_memory(num_ids: int, queue_size: int, dim: int) -> OIMMemory:
   return OIMMemory(lut=jnp.zeros((num_ids, dim), jnp.float32),
                    queue=jnp.zeros((queue_size, dim), jnp.float32),
                    queue_ptr=jnp.zeros((), jnp.int32))
-
-
-def l2_normalize(x: jax.Array, axis: int = -1,
-                 eps: float = _NORM_EPS) -> jax.Array:
-  """x / max(||x||, eps) along `axis` (torch F.normalize); finite gradient at 0.
-
-  Args:
-    x: f32[..., D] vectors.
-    axis: axis to normalize.
-    eps: norm floor.
-
-  Returns:
-    f32[..., D] unit vectors (zero vectors stay zero).
-  """
-  x = jnp.asarray(x, jnp.float32)
-  sq = jnp.sum(x * x, axis=axis, keepdims=True)
-  # rsqrt(max(sq, eps^2)) == 1 / max(||x||, eps), without the sqrt's infinite
-  # derivative at 0.
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 def unshard(tree: Any) -> Any:
@@ -154,7 +135,7 @@ def oim_logits(feats: jax.Array, memory: OIMMemory, lut_scale: float = 10.0,
   if queue_scale is None:
     queue_scale = lut_scale
   if normalize:
-    feats = l2_normalize(feats)
+    feats = vectors.l2_normalize(feats)
   lut = jax.lax.stop_gradient(memory.lut)
   queue = jax.lax.stop_gradient(memory.queue)
   # HIGHEST: scores are multiplied by up to 30, so TF32/bf16 matmul rounding
@@ -256,7 +237,7 @@ def _update_lut(lut: jax.Array, feats: jax.Array, pids: jax.Array,
     rows = lut[jnp.clip(pids, 0, num_ids - 1)]  # [M, D]
     new = momentum * rows + (1.0 - momentum) * feats
     if normalize_lut:
-      new = l2_normalize(new)
+      new = vectors.l2_normalize(new)
     target = jnp.where(sel, pids, num_ids)  # num_ids: out of range, dropped
     return lut.at[target].set(new, mode="drop")
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ps_jax.losses import oim
+from ps_jax.ops import vectors
 
 # AlignPS/open-reid clamp the squared distance here before the sqrt.
 _MIN_SQ_DIST = 1e-12
@@ -62,7 +63,7 @@ def batch_hard_triplet_loss(feats: jax.Array, pids: jax.Array,
           f"({m},).")
   feats, pids, valid = oim.unshard((feats, pids, valid))
   if normalize:
-    feats = oim.l2_normalize(feats)
+    feats = vectors.l2_normalize(feats)
 
   use = valid & (pids >= 0)
   sq = jnp.sum(feats * feats, axis=1)
@@ -134,7 +135,7 @@ def alignps_triplet_inputs(point_feats: jax.Array, point_pids: jax.Array,
   point_feats, point_pids, point_valid = oim.unshard(
       (point_feats, point_pids, point_valid))
   if normalize:
-    point_feats = oim.l2_normalize(point_feats)
+    point_feats = vectors.l2_normalize(point_feats)
   num_ids = lut.shape[0]
   has_row = point_valid & (point_pids >= lut_min_pid) & (point_pids < num_ids)
   if num_ids:

@@ -58,6 +58,7 @@ from ps_jax.ops import box_coder
 from ps_jax.ops import boxes as box_ops
 from ps_jax.ops import nms as nms_lib
 from ps_jax.ops import points as points_lib
+from ps_jax.ops import vectors
 
 Array = jax.Array
 
@@ -218,12 +219,6 @@ def _scale_xy(scale: Array, b: int, where: str) -> Array:
                    f"got shape {scale.shape}.")
 
 
-def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
-  """x / max(||x||, eps) over the last axis (torch F.normalize)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
-
-
 def predict_detections(outputs: dict[str, Array], image_hw: Array,
                        scale: Array, *, max_dets: int = 100,
                        pre_nms_top_k: int = 1000,
@@ -282,7 +277,7 @@ def predict_detections(outputs: dict[str, Array], image_hw: Array,
     point_index = jnp.where(keep_valid, idx[keep], 0)
     out_boxes = boxes[keep] / scale_i
     out_scores = score[idx][keep]
-    out_emb = _l2_normalize(emb_i[point_index].astype(jnp.float32))
+    out_emb = vectors.l2_normalize(emb_i[point_index].astype(jnp.float32))
     return out_boxes, out_scores, out_emb, point_index, keep_valid
 
   boxes, scores, embs, point_index, valid = jax.vmap(one)(
@@ -343,7 +338,7 @@ def center_embedding(outputs: dict[str, Array], query_boxes: Array,
   point_index = jnp.argmin(d2, axis=1).astype(jnp.int32)  # [B]
   emb = jnp.take_along_axis(outputs["reid_emb"],
                             point_index[:, None, None], axis=1)[:, 0]
-  return _l2_normalize(emb.astype(jnp.float32)), point_index
+  return vectors.l2_normalize(emb.astype(jnp.float32)), point_index
 
 
 def query_embedding(pred: dict[str, Array], query_boxes: Array,

@@ -93,14 +93,6 @@ def test_init_memory():
     oim.init_memory(3, 2, 0)
 
 
-def test_l2_normalize():
-  x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
-  np.testing.assert_allclose(oim.l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]],
-                             rtol=1e-6)
-  g = jax.grad(lambda x: oim.l2_normalize(x).sum())(x)
-  assert np.all(np.isfinite(g))
-
-
 @pytest.mark.parametrize("k,q,lut_scale,queue_scale,normalize", [
     (6, 5, 10.0, None, False), (6, 5, 15.0, 10.0, True), (4, 0, 30.0, None,
                                                           False)])
