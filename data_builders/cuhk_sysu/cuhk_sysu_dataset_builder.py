@@ -47,6 +47,7 @@ import tensorflow_datasets as tfds
 
 from data_builders import raw_io
 from ps_jax.data import schema
+from ps_jax.ops import boxes as box_ops
 
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 
@@ -164,8 +165,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         raw_io.safe_join(image_dir, name, source=parsed.images_mat),
         source=parsed.images_mat)
     ex = schema.scene_example(image, name, width, height,
-                              xywh_to_xyxy(scene.boxes_xywh), scene.pids,
-                              camera=schema.UNKNOWN_CAMERA, dropped=dropped)
+                              box_ops.xywh_to_xyxy(scene.boxes_xywh),
+                              scene.pids, camera=schema.UNKNOWN_CAMERA,
+                              dropped=dropped)
     return ex, width, height
 
   def _generate_scenes(self, image_dir: epath.Path, parsed: "ParsedCuhk",
@@ -182,22 +184,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     dropped: list[str] = []
     for i, q in enumerate(parsed.queries):
       scene, width, height = self._scene(image_dir, parsed, q.image, dropped)
-      ex = schema.query_example(scene, xywh_to_xyxy(q.box_xywh[None])[0],
+      ex = schema.query_example(scene, box_ops.xywh_to_xyxy(q.box_xywh),
                                 parsed.query_pids[i], width, height)
       yield f"{i:05d}", with_galleries(ex, parsed.galleries[i])
-
-
-def xywh_to_xyxy(boxes_xywh: np.ndarray) -> np.ndarray:
-  """[x, y, w, h] -> [x, y, x + w, y + h] (reference convention, no ±1).
-
-  Args:
-    boxes_xywh: f[N, 4] pixels (any numeric dtype; cast to float64 first so
-      uint8 values cannot wrap).
-  Returns:
-    f64[N, 4] pixels.
-  """
-  b = np.asarray(boxes_xywh, np.float64).reshape(-1, 4)
-  return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
 
 
 def with_galleries(query: dict[str, Any], galleries: dict[int, list[str]]

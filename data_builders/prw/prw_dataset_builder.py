@@ -50,6 +50,7 @@ import tensorflow_datasets as tfds
 
 from data_builders import raw_io
 from ps_jax.data import schema
+from ps_jax.ops import boxes as box_ops
 
 # Sizes documented for the official release (raw-formats.md §2.5); only used
 # to warn about incomplete downloads.
@@ -181,12 +182,6 @@ def _scene(root: epath.Path, frame: _Frame, remap: dict[int, int] | None,
   return ex, width, height
 
 
-def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
-  """f64[N, 4] [x, y, w, h] -> f64[N, 4] [x, y, x + w, y + h], pixels."""
-  b = np.asarray(xywh, np.float64).reshape(-1, 4)
-  return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
-
-
 def _frame_name(raw: str) -> str:
   """Frame names in the lists have no extension; tolerate one anyway."""
   raw = raw.strip()
@@ -263,8 +258,8 @@ def _read_frame(root: epath.Path, name: str, source: str,
   labeled = [i for i in ids if i >= 0]
   if len(labeled) != len(set(labeled)):
     duplicates.append(f"{path}: ids {sorted(labeled)}")
-  return _Frame(name, _camera(name, where), xywh_to_xyxy(arr[:, 1:]), ids,
-                source)
+  return _Frame(name, _camera(name, where), box_ops.xywh_to_xyxy(arr[:, 1:]),
+                ids, source)
 
 
 def _read_queries(path: epath.Path, test_names: set[str]) -> list[_Query]:
@@ -289,7 +284,7 @@ def _read_queries(path: epath.Path, test_names: set[str]) -> list[_Query]:
           f"frame_test.mat.")
     if pid < 0:
       raise raw_io.RawFormatError(f"{where}: query id {pid} must be >= 0.")
-    queries.append(_Query(pid, xywh_to_xyxy(xywh)[0], frame))
+    queries.append(_Query(pid, box_ops.xywh_to_xyxy(xywh), frame))
   return queries
 
 

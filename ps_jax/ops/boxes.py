@@ -15,9 +15,12 @@ Conventions:
 
 Every function accepts NumPy or JAX arrays. If no argument is a `jax.Array`
 (or tracer) the computation runs in NumPy and returns NumPy, so the host-side
-data pipeline and the numpy evaluation protocols can call the same code
-without touching the accelerator; otherwise it runs in `jax.numpy` and is jit,
-vmap and grad friendly.
+data pipeline, the numpy evaluation protocols and the dataset builders can
+call the same code without touching the accelerator; otherwise it runs in
+`jax.numpy` and is jit, vmap and grad friendly. Boxes are computed in float32,
+except that a float64 NumPy array of boxes stays float64 (the dataset builders
+convert annotation files in float64, so the boxes they store do not depend on
+a float32 rounding of the raw coordinates).
 """
 from typing import Any
 
@@ -36,7 +39,9 @@ def _xp(*args: Any):
 
 
 def _as_boxes(xp, boxes: Array, name: str = "boxes") -> Array:
-  boxes = xp.asarray(boxes, dtype=xp.float32)
+  keep_f64 = (xp is np and isinstance(boxes, np.ndarray)
+              and boxes.dtype == np.float64)
+  boxes = xp.asarray(boxes, dtype=np.float64 if keep_f64 else xp.float32)
   if boxes.ndim < 1 or boxes.shape[-1] != 4:
     raise ValueError(
         f"{name}: expected an array of shape [..., 4], got shape "

@@ -133,6 +133,28 @@ def test_numpy_in_numpy_out_jax_in_jax_out():
   assert isinstance(B.box_iou(boxes, jnp.asarray(boxes)), jax.Array)
 
 
+def test_float64_numpy_boxes_stay_float64():
+  # The dataset builders convert annotation files in float64: PRW's
+  # fractional pixel coordinates must not be rounded to float32 on the way.
+  xywh = np.array([[1000.297, 2.5, 10.125, 0.1], [0, 0, 0, 0]], np.float64)
+  xyxy = B.xywh_to_xyxy(xywh)
+  assert xyxy.dtype == np.float64
+  np.testing.assert_array_equal(
+      xyxy, [[1000.297, 2.5, 1000.297 + 10.125, 2.5 + 0.1], [0, 0, 0, 0]])
+  assert B.xywh_to_xyxy(xywh[0]).shape == (4,)
+  norm = B.xyxy_px_to_yxyx_norm(xyxy, 480, 1920)
+  assert norm.dtype == np.float64
+  np.testing.assert_array_equal(norm[0], [2.5 / 480, 1000.297 / 1920,
+                                          (2.5 + 0.1) / 480,
+                                          (1000.297 + 10.125) / 1920])
+  assert B.clip_boxes(xyxy, 2, 1001).dtype == np.float64
+  # Everything else is float32: float32 arrays, lists, integers and jax.
+  assert B.xywh_to_xyxy(xywh.astype(np.float32)).dtype == np.float32
+  assert B.xywh_to_xyxy([[1.5, 2, 3, 4]]).dtype == np.float32
+  assert B.xywh_to_xyxy(np.ones((2, 4), np.uint8)).dtype == np.float32
+  assert B.xywh_to_xyxy(jnp.asarray(xywh)).dtype == jnp.float32
+
+
 def test_clip_and_area():
   boxes = np.array([[-5, -5, 30, 300], [10, 20, 5, 40], [3, 3, 3, 9]],
                    np.float32)
