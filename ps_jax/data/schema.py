@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ps_jax.ops import boxes as box_ops
+
 UNLABELED_PID = -1
 UNKNOWN_CAMERA = -1
 
@@ -94,14 +96,14 @@ def xyxy_px_to_bbox(box: Sequence[float], width: int, height: int,
   x1, y1, x2, y2 = (float(v) for v in box)
   if not all(np.isfinite([x1, y1, x2, y2])):
     raise SchemaError(f"{where}: box {list(box)} has a non-finite coordinate")
-  x1, x2 = np.clip([x1, x2], 0.0, width)
-  y1, y2 = np.clip([y1, y2], 0.0, height)
-  if x2 <= x1 or y2 <= y1:
+  xyxy = box_ops.clip_boxes(np.array([x1, y1, x2, y2]), height, width)
+  if xyxy[2] <= xyxy[0] or xyxy[3] <= xyxy[1]:
     raise SchemaError(
         f"{where}: box {list(box)} is empty after clipping to the "
         f"{width}x{height} image")
-  return tfds.features.BBox(ymin=y1 / height, xmin=x1 / width,
-                            ymax=y2 / height, xmax=x2 / width)
+  ymin, xmin, ymax, xmax = box_ops.xyxy_px_to_yxyx_norm(
+      xyxy, height, width).tolist()
+  return tfds.features.BBox(ymin=ymin, xmin=xmin, ymax=ymax, xmax=xmax)
 
 
 def persons_list(boxes_xyxy: np.ndarray, pids: Iterable[int], width: int,
