@@ -3,8 +3,9 @@
   python bench/train_step.py                      # every case
   python bench/train_step.py --cases=r50_512,synthetic_256x256 --steps=3
 
-Cases (all with the real `ps_jax.train.step.train_step`, jitted as the train
-loop jits it, from a fresh state of `ps_jax.train.loop.init_state`):
+Cases (all with the real `ps_jax.train.step.train_step` of the AlignPS
+system, jitted as the train loop jits it, from a fresh state of
+`ps_jax.train.step.init_state`):
   r50_512         AlignPS R50 (configs/common.alignps_model defaults: caffe
                   ResNet-50, frozen BN, frozen stem and stage 1, AFA neck
                   with deformable convs, FCOS head with a deformable last
@@ -50,16 +51,15 @@ from typing import Any
 from absl import app
 from absl import flags
 import jax
-import ml_collections
 import numpy as np
 
 from configs import common
 from configs import synthetic as synthetic_config
+from ps_jax import experiment
 from ps_jax import mesh as mesh_lib
-from ps_jax import models
 from ps_jax.data import augment
 from ps_jax.data import synthetic
-from ps_jax.train import loop
+from ps_jax.train import step as step_lib
 
 _CASES = flags.DEFINE_list(
     "cases", [], "Cases to run (default: all); see the module docstring.")
@@ -81,7 +81,7 @@ CUHK_NUM_IDS = 5532  # labeled identities of CUHK-SYSU's training set
 
 
 def _r50_case(height: int, width: int, batch: int) -> dict[str, Any]:
-  c = ml_collections.ConfigDict()
+  c = common.base()
   c.model = common.alignps_model()
   c.loss = common.alignps_loss()
   c.optim = common.sgd(0.001, weight_decay=5e-4, warmup_steps=500,
@@ -89,6 +89,7 @@ def _r50_case(height: int, width: int, batch: int) -> dict[str, Any]:
   c.data = common.data([(height, width)], (height, width), batch_size=batch,
                        max_boxes=16)
   c.run = common.run(num_steps=1, log_every=1, checkpoint_every=1)
+  c.eval = common.evaluation(det_thresh=0.2)
   return {"config": c, "num_ids": CUHK_NUM_IDS, "steps": 3}
 
 
@@ -140,12 +141,15 @@ def _random_batch(rng, batch: int, height: int, width: int, max_boxes: int,
 def _compiled_step(config, num_ids: int, mesh, batch):
   """(fresh state, compiled train step, seconds to lower, to compile, to
   initialise the state) for `config`, jitted as the train loop jits it."""
-  model = models.build_model(config.model)
+  system = experiment.build_system(config, num_ids)
   t0 = time.perf_counter()
-  state, tx, schedule = loop.init_state(config, model, num_ids, mesh)
+  state, tx, schedule = step_lib.init_state(
+      system, experiment.optim_options(config), config.run.seed,
+      config.data.train_scales[0], mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
-  step_fn = loop.make_train_step(config, model, tx, schedule, mesh)
+  step_fn = step_lib.make_train_step(system, tx, schedule, mesh,
+                                     seed=config.run.seed)
   t0 = time.perf_counter()
   lowered = step_fn.lower(state, batch)
   lower_s = time.perf_counter() - t0

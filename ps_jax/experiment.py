@@ -157,27 +157,49 @@ def from_config(config: Any, *, builder: Any | None = None,
   plain = plain_config(config)
   dataset = _typed("dataset", DatasetOptions, _section(plain, "dataset"))
   builder = builder if builder is not None else dataset.load_builder()
-  eval_section = _section(plain, "eval")
-  eval_keys = {f.name for f in dataclasses.fields(protocols.EvalOptions)}
-  eval_options = _typed("eval", protocols.EvalOptions,
-                        {k: v for k, v in eval_section.items()
-                         if k in eval_keys})
-  name = plain.get("system", DEFAULT_SYSTEM)
-  if system is not None:
-    name = type(system).__name__
+  if system is None:
+    name = plain.get("system", DEFAULT_SYSTEM)
+    system = build_system(plain, num_train_ids(builder))
   else:
-    system = systems.build(
-        name, num_ids=num_train_ids(builder), model=_section(plain, "model"),
-        loss=_section(plain, "loss"),
-        predict={k: v for k, v in eval_section.items()
-                 if k not in eval_keys})
+    name = type(system).__name__
   return Experiment(
       system_name=name, system=system, builder=builder, dataset=dataset,
       data=pipeline.PipelineConfig.from_config(_section(plain, "data")),
-      optim=_typed("optim", optim.OptimOptions, _section(plain, "optim")),
+      optim=optim_options(plain),
       run=_typed("run", RunOptions, _section(plain, "run")),
-      eval=eval_options, init_from=str(plain.get("init_from", "") or ""),
+      eval=eval_options(plain), init_from=str(plain.get("init_from", "") or ""),
       config=plain)
+
+
+def eval_options(config: Any) -> protocols.EvalOptions:
+  """The protocol options of a config's `eval` section (its other keys are
+  the system's predict options)."""
+  section = _section(plain_config(config), "eval")
+  keys = {f.name for f in dataclasses.fields(protocols.EvalOptions)}
+  return protocols.EvalOptions(**{k: v for k, v in section.items()
+                                  if k in keys})
+
+
+def build_system(config: Any, num_ids: int) -> Any:
+  """The system a config names (`system`, default 'alignps'), built from its
+  model and loss sections and the predict keys of its eval section.
+
+  For entry points that have no dataset (the benches); `from_config` reads
+  `num_ids` from the dataset's metadata.
+  """
+  plain = plain_config(config)
+  keys = {f.name for f in dataclasses.fields(protocols.EvalOptions)}
+  return systems.build(
+      plain.get("system", DEFAULT_SYSTEM), num_ids=int(num_ids),
+      model=_section(plain, "model"), loss=_section(plain, "loss"),
+      predict={k: v for k, v in _section(plain, "eval").items()
+               if k not in keys})
+
+
+def optim_options(config: Any) -> optim.OptimOptions:
+  """The optimizer settings of a config's `optim` section."""
+  return _typed("optim", optim.OptimOptions,
+                _section(plain_config(config), "optim"))
 
 
 def load_config_file(spec: str) -> Any:
