@@ -1,8 +1,8 @@
 """Market-1501 person re-identification crops, built from the official download.
 
-Reads the layout of shared/docs/raw-formats.md §3. This is not a
-person-search dataset (no scenes), so it has its own small re-ID schema,
-the same for every split:
+Reads the official layout (docs/datasets.md, "Market-1501 raw layout"). This
+is not a person-search dataset (no scenes), so it has its own small re-ID
+schema, the same for every split:
 
   image     JPEG bytes of the crop (64 x 128 in the official release).
   image_id  str, the file name, e.g. `0002_c1s1_000451_03.jpg`.
@@ -41,7 +41,7 @@ from data_builders import raw_io
 JUNK_PID = -1
 DISTRACTOR_PID = 0
 
-# Sizes documented for the official release (raw-formats.md §3.3); only used
+# Sizes documented for the official release (docs/datasets.md); only used
 # to warn about incomplete downloads.
 DOC_COUNTS = {
     "train": (12936, 751),    # images, ids

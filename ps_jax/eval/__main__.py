@@ -187,7 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
   """The command line; returns the exit status."""
   args = _parser().parse_args(argv)
-  # Grain worker processes read absl flags (stack-notes GOTCHA 3).
+  # Grain reads absl flags to set up its worker processes, and absl raises
+  # when a flag is read before parsing: mark them parsed (we use argparse).
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)

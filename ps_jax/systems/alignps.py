@@ -10,7 +10,8 @@ identities and the queue of unlabeled people). Because `update_extra` reads
 the embeddings of the *global* batch, every device ends the step with the
 same lookup table and queue, and 1 device and 8 devices give the same result.
 
-Re-ID samples. Every positive point is a re-ID sample (AlignPS §2.4). To keep
+Re-ID samples. Every positive point is a re-ID sample (the AlignPS paper,
+§2.4). To keep
 shapes static, the positive points of the global batch are packed, in order
 (image, then level, then point), into `max_reid_samples` slots with a valid
 mask; positives beyond that budget are dropped and counted in the metrics
