@@ -31,8 +31,6 @@ skips what is already indexed and re-indexes files that changed.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import io
 import json
 import os
 import pathlib
@@ -42,24 +40,22 @@ from typing import Any, Protocol, runtime_checkable
 
 from absl import logging
 import numpy as np
-from PIL import Image
-from PIL import ImageOps
 import tqdm
+
+from ps_jax.search import images as images_lib
+# Re-exported: the index's errors and image readers are part of its API.
+from ps_jax.search.images import IMAGE_EXTENSIONS  # pylint: disable=unused-import
+from ps_jax.search.images import SearchError
+from ps_jax.search.images import find_images  # pylint: disable=unused-import
+from ps_jax.search.images import read_image
 
 FORMAT_NAME = "ps_jax.search.GalleryIndex"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 ARRAY_NAMES = ("boxes", "scores", "embeddings", "image_of_det")
-# Lower-case suffixes of the files a folder is searched for.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif",
-                    ".tiff", ".ppm")
 ON_ERROR = ("skip", "raise")
 # One image's detections: boxes f32[n, 4], scores f32[n], embeddings f32[n, D].
 _Dets = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-class SearchError(ValueError):
-  """A user-facing error: bad input file, index, option or model mismatch."""
 
 
 @runtime_checkable
@@ -150,74 +146,6 @@ class IndexingReport:
   unchanged: int = 0
   detections: int = 0
   failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-
-
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-  """Reads an image file as uint8[H, W, 3] RGB, EXIF orientation applied.
-
-  Raises:
-    SearchError naming the file if it is missing, not an image or corrupt.
-  """
-  try:
-    with Image.open(path) as im:
-      # Camera photos often store a rotation flag instead of rotated pixels;
-      # boxes must refer to the upright image the user sees.
-      im = ImageOps.exif_transpose(im)
-      im.load()  # decode now, so a truncated file fails here
-      return np.asarray(im.convert("RGB"), dtype=np.uint8)
-  except FileNotFoundError as e:
-    raise SearchError(f"{path}: no such image file") from e
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise SearchError(f"{path}: cannot read image ({e})") from e
-
-
-def find_images(patterns: Iterable[str | os.PathLike[str]],
-                recursive: bool = False) -> list[str]:
-  """Absolute image paths named by files, folders and glob patterns.
-
-  Folders give their files with an image suffix (`IMAGE_EXTENSIONS`, any
-  case), sorted; with `recursive` also those of subfolders. Glob patterns
-  (`*`, `?`, `[`; `**` matches subfolders) give the matching files with an
-  image suffix. Plain file names are taken as given. Duplicates are dropped,
-  first occurrence wins.
-
-  Raises:
-    SearchError if a name does not exist, a pattern or folder holds no
-    image, or nothing at all was named.
-  """
-  out: dict[str, None] = {}
-  patterns = [os.fspath(p) for p in patterns]
-  if not patterns:
-    raise SearchError("no image files, folders or patterns given")
-
-  def is_image(p: str) -> bool:
-    return os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS)
-
-  for pattern in patterns:
-    if os.path.isdir(pattern):
-      if recursive:
-        found = [os.path.join(root, f)
-                 for root, _, files in os.walk(pattern) for f in files]
-      else:
-        found = [os.path.join(pattern, f) for f in os.listdir(pattern)]
-      found = sorted(p for p in found if is_image(p))
-      if not found:
-        raise SearchError(
-            f"{pattern}: folder holds no image files (looked for "
-            f"{', '.join(IMAGE_EXTENSIONS)}"
-            f"{'' if recursive else '; pass --recursive for subfolders'})")
-    elif glob.has_magic(pattern):
-      found = sorted(p for p in glob.glob(pattern, recursive=True)
-                     if is_image(p))
-      if not found:
-        raise SearchError(f"{pattern}: pattern matches no image files")
-    elif os.path.isfile(pattern):
-      found = [pattern]
-    else:
-      raise SearchError(f"{pattern}: no such file or folder")
-    for p in found:
-      out.setdefault(os.path.abspath(p), None)
-  return list(out)
 
 
 @dataclasses.dataclass
@@ -402,9 +330,9 @@ class GalleryIndex:
     n = len(src) if limit is None else min(int(limit), len(src))
 
     def load_record(entry: ImageEntry) -> np.ndarray:
-      ex = _read_record(src, entry)
-      entry.image_id = entry.name = _image_id_of(ex, entry.record)
-      return _decode_record_image(ex, entry.name)
+      ex = images_lib.read_record(src, builder_dir, split, entry.record)
+      entry.image_id = entry.name = images_lib.image_id_of(ex, entry.record)
+      return images_lib.decode_record_image(ex, entry.name)
 
     # Records are decoded only when indexed: listing the image_ids first
     # would decode every image twice.
@@ -539,38 +467,10 @@ class GalleryIndex:
 
   def _data_source(self, builder_dir: str,
                    split: str) -> Sequence[Mapping[str, Any]]:
-    """The split's random-access source, opened once per (directory, split).
-
-    Opened with `ps_jax.data.pipeline.data_source`, as training and
-    evaluation read splits: TFDS's own data source, images left encoded.
-
-    Raises:
-      SearchError naming the directory if it is not a prepared dataset (it
-      was moved or deleted), lacks the split or a file of it, or is not in
-      a random-access file format.
-    """
+    """`images.open_split`, opened once per (directory, split)."""
     key = (builder_dir, split)
     if key not in self._data_sources:
-      # Imported here: loading and querying an index need neither.
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      from ps_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-      if not os.path.isfile(os.path.join(builder_dir, "dataset_info.json")):
-        raise SearchError(f"{builder_dir}: not a prepared TFDS dataset "
-                          "directory (no dataset_info.json)")
-      builder = tfds.builder_from_directory(builder_dir)
-      if split not in builder.info.splits:
-        raise SearchError(f"{builder_dir}: no split {split!r} (has "
-                          f"{sorted(builder.info.splits)})")
-      for path in builder.info.splits[split].filepaths:
-        if not os.path.isfile(os.fspath(path)):
-          raise SearchError(f"{builder_dir}: split {split!r} misses its "
-                            f"file {os.fspath(path)}")
-      try:
-        self._data_sources[key] = pipeline.data_source(builder, split)
-      except Exception as e:  # TFDS's own error, e.g. a TFRecord dataset
-        raise SearchError(f"{builder_dir}: cannot open split {split!r} as a "
-                          f"random-access source ({type(e).__name__}: {e})"
-                          ) from e
+      self._data_sources[key] = images_lib.open_split(builder_dir, split)
     return self._data_sources[key]
 
   def load_image(self, i: int) -> np.ndarray:
@@ -580,12 +480,13 @@ class GalleryIndex:
       im = read_image(e.path)
     else:
       src = self._data_source(e.builder_dir, e.split)
-      ex = _read_record(src, e) if e.record < len(src) else None
-      if ex is None or _image_id_of(ex, e.record) != e.image_id:
+      ex = (images_lib.read_record(src, e.builder_dir, e.split, e.record)
+            if e.record < len(src) else None)
+      if ex is None or images_lib.image_id_of(ex, e.record) != e.image_id:
         raise SearchError(f"{e.builder_dir} split {e.split}: record "
                           f"{e.record} is no longer {e.image_id!r}; the "
                           "dataset changed since indexing")
-      im = _decode_record_image(ex, e.name)
+      im = images_lib.decode_record_image(ex, e.name)
     if im.shape[:2] != (e.height, e.width):
       raise SearchError(f"{e.name}: image is now {im.shape[1]}x{im.shape[0]}"
                         f", was {e.width}x{e.height} when indexed")
@@ -732,40 +633,3 @@ class GalleryIndex:
             "image_files": files, "tfds_images": len(self.images) - files}
 
 
-def _image_id_of(ex: Mapping[str, Any], i: int) -> str:
-  if "image_id" not in ex:
-    raise SearchError(f"TFDS record {i} has no image_id feature "
-                      f"(features: {sorted(ex)})")
-  v = ex["image_id"]
-  return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _read_record(src: Sequence[Mapping[str, Any]],
-                 entry: ImageEntry) -> Mapping[str, Any]:
-  """Record `entry.record` of a TFDS source; SearchError names where."""
-  try:
-    return src[entry.record]
-  except Exception as e:  # the source's own error (e.g. a file gone)
-    raise SearchError(f"{entry.builder_dir} split {entry.split}: record "
-                      f"{entry.record} could not be read "
-                      f"({type(e).__name__}: {e})") from e
-
-
-def _decode_record_image(ex: Mapping[str, Any], name: str) -> np.ndarray:
-  """The encoded `image` of a TFDS record -> uint8[H, W, 3] RGB.
-
-  Decoded as the input pipeline decodes it (no EXIF rotation: the boxes of
-  a TFDS record refer to the pixels as stored).
-  """
-  data = ex.get("image")
-  if isinstance(data, np.ndarray) and data.dtype == object:
-    data = data.item()
-  if not isinstance(data, (bytes, bytearray, memoryview)):
-    raise SearchError(f"{name}: the record has no encoded image feature "
-                      f"(features: {sorted(ex)})")
-  try:
-    with Image.open(io.BytesIO(bytes(data))) as im:
-      return np.asarray(im.convert("RGB"), dtype=np.uint8)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise SearchError(f"{name}: cannot decode the image of the record "
-                      f"({e})") from e
