@@ -28,6 +28,7 @@ from absl import flags
 from PIL import Image
 
 from ps_jax.data import pipeline
+from ps_jax.ops import boxes as box_ops
 
 _DATASET = "synthetic_person_search"
 ALIGNPS_TEST_SCALE = (900, 1500)
@@ -69,7 +70,7 @@ def _memory_source(n: int) -> list[dict]:
     buf = io.BytesIO()
     Image.fromarray(scene["image"]).save(buf, format="JPEG", quality=90)
     b = np.asarray(scene["boxes_xyxy"], np.float32).reshape(-1, 4)
-    yxyx = b[:, [1, 0, 3, 2]] / np.array([h, w, h, w], np.float32)
+    yxyx = box_ops.xyxy_px_to_yxyx_norm(b, h, w)
     out.append({"image": buf.getvalue(),
                 "image_id": scene["image_id"].encode(),
                 "camera": scene["camera"],

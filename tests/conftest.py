@@ -94,8 +94,9 @@ def load_toy_system() -> type:
   match = re.search(r"```python\n(# toy_system\.py\n.*?)```", text, re.S)
   assert match, "docs/architecture.md lost its toy_system.py example"
   namespace: dict = {}
-  exec(compile(match.group(1), "docs/architecture.md:toy_system.py",  # pylint: disable=exec-used
-               "exec"), namespace)
+  code = compile(match.group(1), "docs/architecture.md:toy_system.py",
+                 "exec")
+  exec(code, namespace)  # pylint: disable=exec-used
   return namespace["ToySystem"]
 
 

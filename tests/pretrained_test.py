@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors import numpy as safetensors_numpy
 
-from ps_jax import models
+from ps_jax.models import AlignPS
 from ps_jax import pretrained
 from ps_jax.models import weights
 
@@ -55,7 +55,7 @@ def resnet18_state_dict(base=4, seed=0):
 
 @functools.lru_cache(maxsize=None)
 def _alignps(overrides):
-  model = models.build_model(dict(TINY, **dict(overrides)))
+  model = AlignPS(**dict(TINY, **dict(overrides)))
   shapes = jax.eval_shape(functools.partial(model.init, train=True), KEY,
                           jnp.zeros((1, 64, 64, 3)))
   return model, shapes

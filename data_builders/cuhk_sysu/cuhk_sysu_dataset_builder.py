@@ -1,8 +1,8 @@
 """CUHK-SYSU person search, built from the official download.
 
-Reads the layout of shared/docs/raw-formats.md §1 exactly as the reference
-loaders (SeqNet `datasets/cuhk_sysu.py`, psdb) read it, into the common
-person-search schema of `ps_jax/data/schema.py`:
+Reads the official layout (docs/datasets.md, "CUHK-SYSU raw layout") exactly
+as the reference loaders (SeqNet `datasets/cuhk_sysu.py`, psdb) read it, into
+the common person-search schema of `ps_jax/data/schema.py`:
 
 * `train`: every `Images.mat` image not in `pool.mat` (11,206), sorted by
   name. Labels come from `Train.mat` by exact box equality with the
@@ -17,7 +17,7 @@ person-search schema of `ps_jax/data/schema.py`:
   (as in `test`), `query_bbox`, `query_pid` and `gallery_<n>`: the image
   names listed by `TestG<n>.mat` for that query, **exactly as listed**:
   duplicated entries and entries naming the query's own image are kept,
-  because the reference evaluation counts them (raw-formats.md §4).
+  because the reference evaluation counts them (docs/evaluation.md).
 
 Boxes: `idlocate` is [x, y, w, h] in pixels; the box is [x, y, x + w, y + h]
 (no ±1). Values are cast to float64 before the addition because loadmat
@@ -51,7 +51,7 @@ from ps_jax.ops import boxes as box_ops
 
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 
-# Sizes documented for the official release (raw-formats.md §1.4). Only used
+# Sizes documented for the official release (docs/datasets.md). Only used
 # to warn about incomplete downloads; every number the builder stores is
 # counted from the files.
 DOC_NUM_IMAGES = 18184

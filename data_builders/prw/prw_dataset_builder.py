@@ -1,6 +1,6 @@
 """PRW (Person Re-identification in the Wild), built from the official download.
 
-Reads the layout of shared/docs/raw-formats.md §2 into the common
+Reads the official layout (docs/datasets.md, "PRW raw layout") into the common
 person-search schema of `ps_jax/data/schema.py`:
 
 * `train`: the frames of `frame_train.mat` (`img_index_train`), in file
@@ -52,7 +52,7 @@ from data_builders import raw_io
 from ps_jax.data import schema
 from ps_jax.ops import boxes as box_ops
 
-# Sizes documented for the official release (raw-formats.md §2.5); only used
+# Sizes documented for the official release (docs/datasets.md); only used
 # to warn about incomplete downloads.
 DOC_NUM_TRAIN_FRAMES = 5704
 DOC_NUM_TEST_FRAMES = 6112

@@ -1,7 +1,8 @@
 """Model-free re-identification baselines on the person-search protocols.
 
-design.md asks that a trained model clearly beat a colour-histogram baseline
-on the same protocol. `color_hist_predictions` produces the same
+A trained model must clearly beat a colour-histogram baseline on the same
+protocol before its numbers mean much. `color_hist_predictions` produces the
+same
 `SplitPredictions` the model's predictor does, so `ps_jax.eval.run` scores it
 with the unchanged protocols:
 

@@ -32,6 +32,7 @@ from ps_jax.data import schema
 from ps_jax.eval import detection
 from ps_jax.eval import person_search
 from ps_jax.eval import predict
+from ps_jax.ops import boxes as box_ops
 
 PROTOCOLS = ("cuhk", "prw")
 # SeqNet/COAT compute detection metrics over detections scoring >= 0.01.
@@ -79,10 +80,8 @@ def _image_hw(record: Mapping[str, Any]) -> tuple[int, int]:
 
 def _yxyx_to_px(yxyx: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   """f32[n, 4] normalized yxyx -> f32[n, 4] xyxy pixels of an h x w image."""
-  h, w = float(hw[0]), float(hw[1])
   yxyx = np.asarray(yxyx, np.float32).reshape(-1, 4)
-  return np.stack([yxyx[:, 1] * w, yxyx[:, 0] * h, yxyx[:, 3] * w,
-                   yxyx[:, 2] * h], axis=1).astype(np.float32)
+  return box_ops.yxyx_norm_to_xyxy_px(yxyx, hw[0], hw[1])
 
 
 @dataclasses.dataclass

@@ -63,8 +63,8 @@ def make_train_step(system: base.System, tx: optax.GradientTransformation,
       donate_argnums=0)
 
 
-def init_state(system: base.System, optim_options: optim.OptimOptions, seed: int,
-               image_hw: Any, mesh: jax.sharding.Mesh
+def init_state(system: base.System, optim_options: optim.OptimOptions,
+               seed: int, image_hw: Any, mesh: jax.sharding.Mesh
                ) -> tuple[TrainState, optax.GradientTransformation,
                           optax.Schedule]:
   """A fresh replicated TrainState, the optimizer and its schedule.

@@ -90,7 +90,8 @@ def test_red_query_finds_the_red_person():
     q.update(query_bbox=np.array(_norm(person[:4], 60, 80), np.float32),
              query_pid=person[5], gallery_2=["g0", "g1"])
     queries.append(q)
-  g_info, q_info = protocols.read_gallery(gallery), protocols.read_queries(queries)
+  g_info = protocols.read_gallery(gallery)
+  q_info = protocols.read_queries(queries)
   np.testing.assert_allclose(q_info.boxes[0], [30, 8, 48, 50], rtol=1e-5)
   gal = baselines.color_hist_predictions(gallery)
   qry = baselines.color_hist_predictions(queries, query_boxes=q_info.boxes)
@@ -103,7 +104,8 @@ def test_red_query_finds_the_red_person():
   assert int(np.argmax(sims)) == 1  # g0's red person
   assert sims[1] == pytest.approx(1.0) and sims[0] == pytest.approx(0.0)
   res = protocols.run_protocols(protocols.EvalOptions(0.5, (2,)), "cuhk",
-                      g_info, q_info, gal, qry, with_detection=False)
+                                g_info, q_info, gal, qry,
+                                with_detection=False)
   # q1 (blue) finds pid 1 in both images, ahead of red and green.
   assert res["search/gallery_2"] == {"mAP": 1.0, "top1": 1.0, "top5": 1.0,
                                      "top10": 1.0}

@@ -124,14 +124,15 @@ def test_colour_histogram_baseline(tmp_path, tiny_data):
 def _info(gallery, queries):
   """GalleryInfo / QueryInfo from {image: pids} and [(image, pid, list)]."""
   names = list(gallery)
-  g = protocols.GalleryInfo(names, [np.zeros((len(p), 4)) for p in gallery.values()],
-                      [np.asarray(p) for p in gallery.values()],
-                      np.zeros(len(names), np.int32))
+  g = protocols.GalleryInfo(names,
+                            [np.zeros((len(p), 4)) for p in gallery.values()],
+                            [np.asarray(p) for p in gallery.values()],
+                            np.zeros(len(names), np.int32))
   q = protocols.QueryInfo([x[0] for x in queries],
-                    np.array([x[1] for x in queries]),
-                    np.zeros(len(queries), np.int32),
-                    np.zeros((len(queries), 4), np.float32),
-                    {5: [x[2] for x in queries]})
+                          np.array([x[1] for x in queries]),
+                          np.zeros(len(queries), np.int32),
+                          np.zeros((len(queries), 4), np.float32),
+                          {5: [x[2] for x in queries]})
   return g, q
 
 
@@ -162,7 +163,8 @@ def test_gallery_sizes_and_dataset_errors(tiny_data, tmp_path):
                                  metadata={"protocol": protocol})
     return types.SimpleNamespace(name="fake", info=info)
 
-  assert protocols.check_dataset(builder(["train", "test", "query"], "prw")) == "prw"
+  assert protocols.check_dataset(
+      builder(["train", "test", "query"], "prw")) == "prw"
   with pytest.raises(run.EvalError, match=r"'fake'.*missing \['query'\]"):
     protocols.check_dataset(builder(["train", "test"], "cuhk"))
   with pytest.raises(run.EvalError, match="'market1501'"):

@@ -1,13 +1,11 @@
-"""Tests for ps_jax.models.person_search and ps_jax.models.build_model."""
+"""Tests for ps_jax.models.person_search (AlignPS and its post-processing)."""
 import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from ps_jax import models
 from ps_jax.models import person_search as ps
 from ps_jax.ops import points as points_lib
 
@@ -18,7 +16,7 @@ H, W = 64, 96
 @pytest.fixture(scope="module")
 def tiny():
   """A tiny AlignPS, its variables and its train / eval outputs."""
-  model = models.build_model(TINY)
+  model = ps.AlignPS(**TINY)
   images = jnp.asarray(
       np.random.default_rng(0).normal(size=(2, H, W, 3)), jnp.float32)
   init = jax.jit(functools.partial(model.init, train=True))
@@ -92,7 +90,7 @@ def test_trainable_mask_marks_frozen_stem_res2_and_all_frozen_bn(tiny):
     if not name.startswith("['backbone']"):
       assert m, name  # neck and head are trained
   # The optimizer's predicate is the same, with or without a "params" root.
-  pred = models.frozen_predicate(TINY)
+  pred = ps.AlignPS(**TINY).is_frozen
   for path in (("backbone", "bn1", "scale"), ("params", "backbone", "bn1",
                                                "bias")):
     assert pred(path) and model.is_frozen(path)
@@ -120,7 +118,7 @@ def _alignps_r50_count(dcn_stages=(False, False, False, False)):
 @pytest.mark.parametrize("plus", [False, True])
 def test_alignps_r50_parameter_count(plus):
   dcn = (False, True, True, True) if plus else (False,) * 4
-  model = models.build_model(dict(stage_with_dcn=dcn))
+  model = ps.AlignPS(**dict(stage_with_dcn=dcn))
   shapes = jax.eval_shape(functools.partial(model.init, train=True),
                           jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   n = sum(x.size for x in jax.tree.leaves(shapes["params"]))
@@ -129,7 +127,7 @@ def test_alignps_r50_parameter_count(plus):
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
-  model = models.build_model(dict(TINY, dtype="bfloat16"))
+  model = ps.AlignPS(**dict(TINY, dtype="bfloat16"))
   x = jnp.zeros((1, 64, 64, 3))
   v = jax.eval_shape(functools.partial(model.init, train=True),
                      jax.random.key(0), x)
@@ -139,26 +137,10 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     assert out[k].dtype == jnp.float32
 
 
-def test_build_model_rejects_unknown_keys_and_names():
-  with pytest.raises(ValueError, match=r"neck_chanels.*valid keys.*"
-                     r"neck_channels"):
-    models.build_model(dict(TINY, neck_chanels=8))
-  with pytest.raises(ValueError, match="model.name"):
-    models.build_model(dict(name="seqnet"))
+def test_bad_strides_are_named():
   with pytest.raises(ValueError, match="strides"):
-    model = models.build_model(dict(TINY, strides=(8, 16, 24)))
+    model = ps.AlignPS(**dict(TINY, strides=(8, 16, 24)))
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-
-
-def test_build_model_from_config_dict_and_the_shared_config_section():
-  cfg = ml_collections.ConfigDict(dict(TINY, stage_with_dcn=[False] * 4,
-                                       strides=[8, 16, 32]))
-  model = models.build_model(cfg)
-  assert model.strides == (8, 16, 32) and model.stage_with_dcn == (False,) * 4
-  from configs import common  # pylint: disable=g-import-not-at-top
-  model = models.build_model(common.alignps_model())
-  assert isinstance(model, ps.AlignPS)
-  assert (model.depth, model.style, model.frozen_stages) == (50, "caffe", 1)
 
 
 # ---------------------------------------------------------------- predict --

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ps_jax import models
+from ps_jax.models import AlignPS
 from ps_jax.models import backbone
 from ps_jax.models import weights
 
@@ -390,7 +390,7 @@ TINY = dict(depth=50, width_multiplier=1 / 16, neck_channels=8,
 
 @functools.lru_cache(maxsize=None)
 def _alignps_shapes(overrides):
-  model = models.build_model(dict(TINY, **dict(overrides)))
+  model = AlignPS(**dict(TINY, **dict(overrides)))
   return jax.eval_shape(functools.partial(model.init, train=True), KEY,
                         jnp.zeros((1, 64, 64, 3)))
 
