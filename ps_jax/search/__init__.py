@@ -14,16 +14,17 @@
   search.render_results(search.read_image("q.jpg"), (120, 40, 180, 210),
                         hits).save("hits.png")
 
-Modules: index (GalleryIndex, on-disk format), query (ranking, Hit),
-visualize (result pictures), cli (the `ps-search` command).
+Modules: images (reading image files and TFDS records), index (GalleryIndex,
+on-disk format), query (ranking, Hit), visualize (result pictures), cli (the
+`ps-search` command).
 """
 
-from ps_jax.search.index import find_images
+from ps_jax.search.images import find_images
+from ps_jax.search.images import read_image
+from ps_jax.search.images import SearchError
 from ps_jax.search.index import GalleryIndex
 from ps_jax.search.index import IndexingReport
 from ps_jax.search.index import Predictor
-from ps_jax.search.index import read_image
-from ps_jax.search.index import SearchError
 from ps_jax.search.query import embed_crop
 from ps_jax.search.query import embed_query
 from ps_jax.search.query import Hit

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ps_jax.search import images as images_lib
 from ps_jax.search import index as index_lib
 from ps_jax.search import query as query_lib
 
@@ -198,7 +199,7 @@ def _cmd_index(args: argparse.Namespace, factory: PredictorFactory) -> dict:
     raise SearchError(f"--out {args.out} already holds an index: pass "
                       "--append to add images, or choose a new directory")
   if args.tfds is None:
-    paths = index_lib.find_images(args.images, recursive=args.recursive)
+    paths = images_lib.find_images(args.images, recursive=args.recursive)
   elif not os.path.isdir(args.tfds):
     raise SearchError(f"--tfds {args.tfds}: no such directory")
   index = index_lib.GalleryIndex.load(args.out) if exists else None
@@ -255,7 +256,7 @@ def _cmd_query(args: argparse.Namespace, factory: PredictorFactory) -> dict:
           f"{index.model_info['workdir']}, not {args.workdir}; "
           "similarities may be meaningless", file=sys.stderr)
   image_path = args.image or args.crop
-  image = index_lib.read_image(image_path)
+  image = images_lib.read_image(image_path)
   if args.crop is not None:
     box = (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
   else:

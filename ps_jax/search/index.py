@@ -43,10 +43,7 @@ import numpy as np
 import tqdm
 
 from ps_jax.search import images as images_lib
-# Re-exported: the index's errors and image readers are part of its API.
-from ps_jax.search.images import IMAGE_EXTENSIONS  # pylint: disable=unused-import
 from ps_jax.search.images import SearchError
-from ps_jax.search.images import find_images  # pylint: disable=unused-import
 from ps_jax.search.images import read_image
 
 FORMAT_NAME = "ps_jax.search.GalleryIndex"

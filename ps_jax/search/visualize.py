@@ -24,6 +24,7 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from ps_jax.search import images as images_lib
 from ps_jax.search import index as index_lib
 from ps_jax.search import query as query_lib
 
@@ -97,7 +98,7 @@ def render_results(query_image: np.ndarray, query_box: Sequence[float],
   if correct is not None and len(correct) < len(hits):
     raise index_lib.SearchError(
         f"correct has {len(correct)} entries for {len(hits)} hits")
-  load_image = load_image or (lambda h: index_lib.read_image(h.image))
+  load_image = load_image or (lambda h: images_lib.read_image(h.image))
   query_image = np.asarray(query_image)
   x1, y1, x2, y2 = query_lib.check_box(query_box, query_image.shape[1],
                                        query_image.shape[0])

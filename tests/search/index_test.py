@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from ps_jax.search import images as images_lib
 from ps_jax.search import index as index_lib
 
 SearchError = index_lib.SearchError
@@ -85,7 +86,7 @@ def assert_same_index(a, b):
 
 def test_build_matches_predictor_and_round_trips(folder, tmp_path):
   pred = FakePredictor()
-  paths = index_lib.find_images([folder])
+  paths = images_lib.find_images([folder])
   assert [os.path.basename(p) for p in paths] == [
       f"img{i}.png" for i in range(5)]
   index = index_lib.GalleryIndex.build(pred, paths, batch_size=2,
@@ -93,7 +94,7 @@ def test_build_matches_predictor_and_round_trips(folder, tmp_path):
   assert len(index) == 5 and index.num_detections == 10
   for i, p in enumerate(paths):
     e = index.images[i]
-    im = index_lib.read_image(p)
+    im = images_lib.read_image(p)
     assert (e.name, e.height, e.width) == (p, *im.shape[:2])
     expected = pred.detect([im])[0]
     got = index.detections_of(i)
@@ -108,7 +109,7 @@ def test_build_matches_predictor_and_round_trips(folder, tmp_path):
   mm = index_lib.GalleryIndex.load(out, mmap=True)
   assert_same_index(index, mm)
   np.testing.assert_array_equal(loaded.load_image(3),
-                                index_lib.read_image(paths[3]))
+                                images_lib.read_image(paths[3]))
   meta = json.loads((out / "index.json").read_text())
   assert meta["format_version"] == index_lib.FORMAT_VERSION
   assert meta["embedding_dim"] == 4 and meta["num_detections"] == 10
@@ -136,7 +137,7 @@ def test_empty_detections_are_kept_as_images(folder, tmp_path):
 
 def test_incremental_add_skips_unchanged_and_reindexes_changed(folder,
                                                                tmp_path):
-  paths = index_lib.find_images([folder])
+  paths = images_lib.find_images([folder])
   pred = FakePredictor()
   index = index_lib.GalleryIndex.build(pred, paths[:3])
   index.save(tmp_path / "idx")
@@ -172,7 +173,7 @@ def test_incremental_add_skips_unchanged_and_reindexes_changed(folder,
 @pytest.mark.parametrize("fail_at", ["array", "rename_array", "index_json"])
 def test_crashing_save_leaves_previous_index(folder, tmp_path, monkeypatch,
                                              fail_at):
-  paths = index_lib.find_images([folder])
+  paths = images_lib.find_images([folder])
   old = index_lib.GalleryIndex.build(FakePredictor(), paths[:2])
   out = tmp_path / "idx"
   old.save(out)
@@ -227,7 +228,7 @@ def test_crash_in_first_save_leaves_no_index(folder, tmp_path, monkeypatch):
 
 
 def test_save_every_checkpoints_during_indexing(folder, tmp_path):
-  paths = index_lib.find_images([folder])
+  paths = images_lib.find_images([folder])
 
   class DiesAtImage4(FakePredictor):
 
@@ -252,7 +253,7 @@ def test_unreadable_images_skip_or_raise(folder, tmp_path):
   buf = io.BytesIO()
   Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(buf, format="PNG")
   (folder / "truncated.png").write_bytes(buf.getvalue()[:60])
-  paths = index_lib.find_images([folder])
+  paths = images_lib.find_images([folder])
   assert len(paths) == 7
   index = index_lib.GalleryIndex(4)
   report = index.add(FakePredictor(), paths)
@@ -272,25 +273,25 @@ def test_unreadable_images_skip_or_raise(folder, tmp_path):
 def test_find_images_errors_and_patterns(folder, tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(SearchError, match="empty.*no image files"):
-    index_lib.find_images([tmp_path / "empty"])
+    images_lib.find_images([tmp_path / "empty"])
   with pytest.raises(SearchError, match="missing.*no such file"):
-    index_lib.find_images([tmp_path / "missing"])
+    images_lib.find_images([tmp_path / "missing"])
   with pytest.raises(SearchError, match="matches no image"):
-    index_lib.find_images([str(tmp_path / "*.gif")])
+    images_lib.find_images([str(tmp_path / "*.gif")])
   with pytest.raises(SearchError, match="no image files, folders"):
-    index_lib.find_images([])
+    images_lib.find_images([])
   sub = folder / "sub"
   sub.mkdir()
   deep = write_image(sub / "deep.PNG", 1, 2)
   (folder / "notes.txt").write_text("x")
-  flat = index_lib.find_images([folder])
+  flat = images_lib.find_images([folder])
   assert len(flat) == 5 and deep not in flat
-  rec = index_lib.find_images([folder], recursive=True)
+  rec = images_lib.find_images([folder], recursive=True)
   assert len(rec) == 6 and deep in rec
-  globbed = index_lib.find_images([str(folder / "**" / "*")])
+  globbed = images_lib.find_images([str(folder / "**" / "*")])
   assert sorted(globbed) == sorted(rec)
   # Duplicates (a folder and a file in it) are dropped, order kept.
-  both = index_lib.find_images([folder / "img3.png", folder])
+  both = images_lib.find_images([folder / "img3.png", folder])
   assert len(both) == 5 and both[0].endswith("img3.png")
 
 
@@ -300,16 +301,16 @@ def test_read_image_applies_exif_rotation_and_modes(tmp_path):
   exif = Image.Exif()
   exif[0x0112] = 6  # "rotate 90 clockwise to display"
   Image.fromarray(im).save(tmp_path / "rot.jpg", exif=exif, quality=95)
-  assert index_lib.read_image(tmp_path / "rot.jpg").shape == (30, 20, 3)
+  assert images_lib.read_image(tmp_path / "rot.jpg").shape == (30, 20, 3)
   Image.fromarray(im[..., 0]).save(tmp_path / "grey.png")
-  grey = index_lib.read_image(tmp_path / "grey.png")
+  grey = images_lib.read_image(tmp_path / "grey.png")
   assert grey.shape == (20, 30, 3) and grey.dtype == np.uint8
   with pytest.raises(SearchError, match="nothing.png: no such image file"):
-    index_lib.read_image(tmp_path / "nothing.png")
+    images_lib.read_image(tmp_path / "nothing.png")
 
 
 def test_dimension_and_model_mismatch(folder, tmp_path):
-  paths = index_lib.find_images([folder])
+  paths = images_lib.find_images([folder])
   index = index_lib.GalleryIndex.build(FakePredictor(4), paths[:1],
                                        model_info={"workdir": "a"})
   with pytest.raises(SearchError, match="embedding dim is 8.*4-dim"):
@@ -330,7 +331,7 @@ def test_dimension_and_model_mismatch(folder, tmp_path):
 
 def test_load_rejects_inconsistent_index(folder, tmp_path):
   index = index_lib.GalleryIndex.build(
-      FakePredictor(), index_lib.find_images([folder]))
+      FakePredictor(), images_lib.find_images([folder]))
   out = tmp_path / "idx"
   index.save(out)
   meta = json.loads((out / "index.json").read_text())
@@ -459,7 +460,7 @@ def test_tfds_moved_or_damaged_dataset_names_the_path(tmp_path):
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(folder, capsys):
-  paths = index_lib.find_images([folder])
+  paths = images_lib.find_images([folder])
   index_lib.GalleryIndex(4).add(FakePredictor(), paths)  # stderr: not a tty
   assert capsys.readouterr().err == ""
   index_lib.GalleryIndex(4).add(FakePredictor(), paths, progress=True)
