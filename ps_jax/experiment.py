@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ps_jax import systems
+from ps_jax.systems import base
 from ps_jax.data import pipeline
 from ps_jax.eval import protocols
 from ps_jax.train import optim
@@ -130,14 +131,9 @@ def _section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
   return dict(config[name])
 
 
-def _typed(section: str, cls: type, values: Mapping[str, Any]) -> Any:
-  """cls(**values), naming the section and its valid keys on a bad key."""
-  names = [f.name for f in dataclasses.fields(cls)]
-  unknown = sorted(set(values) - set(names))
-  if unknown:
-    raise ValueError(f"config.{section}: unknown key(s) {unknown}; valid "
-                     f"keys: {names}")
-  return cls(**values)
+def _typed_section(section: str, cls: type, values: Mapping[str, Any]
+                   ) -> Any:
+  return base.typed(f"config.{section}", cls, values)
 
 
 def from_config(config: Any, *, builder: Any | None = None,
@@ -155,7 +151,8 @@ def from_config(config: Any, *, builder: Any | None = None,
       ones.
   """
   plain = plain_config(config)
-  dataset = _typed("dataset", DatasetOptions, _section(plain, "dataset"))
+  dataset = _typed_section("dataset", DatasetOptions,
+                           _section(plain, "dataset"))
   builder = builder if builder is not None else dataset.load_builder()
   if system is None:
     name = plain.get("system", DEFAULT_SYSTEM)
@@ -166,7 +163,7 @@ def from_config(config: Any, *, builder: Any | None = None,
       system_name=name, system=system, builder=builder, dataset=dataset,
       data=pipeline.PipelineConfig.from_config(_section(plain, "data")),
       optim=optim_options(plain),
-      run=_typed("run", RunOptions, _section(plain, "run")),
+      run=_typed_section("run", RunOptions, _section(plain, "run")),
       eval=eval_options(plain), init_from=str(plain.get("init_from", "") or ""),
       config=plain)
 
@@ -198,7 +195,7 @@ def build_system(config: Any, num_ids: int) -> Any:
 
 def optim_options(config: Any) -> optim.OptimOptions:
   """The optimizer settings of a config's `optim` section."""
-  return _typed("optim", optim.OptimOptions,
+  return _typed_section("optim", optim.OptimOptions,
                 _section(plain_config(config), "optim"))
 
 

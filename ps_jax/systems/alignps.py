@@ -45,6 +45,7 @@ from ps_jax.models import person_search
 from ps_jax.models.person_search import AlignPS
 from ps_jax.ops import assign
 from ps_jax.ops import vectors
+from ps_jax.systems import base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,20 +256,7 @@ def from_options(*, model: Mapping[str, Any], loss: Mapping[str, Any],
     ValueError: a key that is not a field (the valid ones are listed).
   """
   return AlignPSSystem(
-      model=_make("model", AlignPS, model),
-      loss_options=_make("loss", AlignPSLoss, loss),
-      predict_options=_make("eval", AlignPSPredict, predict),
+      model=base.typed("model", AlignPS, model),
+      loss_options=base.typed("loss", AlignPSLoss, loss),
+      predict_options=base.typed("eval", AlignPSPredict, predict),
       num_ids=int(num_ids))
-
-
-def _make(section: str, cls: type, values: Mapping[str, Any]) -> Any:
-  """cls(**values), naming the section and the valid keys on a bad key."""
-  names = [f.name for f in dataclasses.fields(cls)
-           if f.init and f.name not in ("parent", "name")]
-  unknown = sorted(set(values) - set(names))
-  if unknown:
-    raise ValueError(f"{section}: unknown key(s) {unknown} for AlignPS; "
-                     f"valid keys: {names}")
-  # Config lists become tuples: module fields should be hashable.
-  return cls(**{k: tuple(v) if isinstance(v, list) else v
-                for k, v in values.items()})

@@ -52,9 +52,11 @@ Systems are chosen by name in `ps_jax.systems.build`, an explicit mapping.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -135,6 +137,24 @@ def initialize(system: System, seed: int, image_hw: Sequence[int], *,
   images = example_images(image_hw)
   return jax.jit(lambda k: system.init(k, images),
                  out_shardings=out_shardings)(init_key)
+
+
+def typed(section: str, cls: type, values: Mapping[str, Any]) -> Any:
+  """`cls(**values)` for a dataclass (or linen module) of options.
+
+  Lists become tuples (fields of jitted, hashable objects). Raises
+  ValueError naming the section, the unknown keys and the valid ones.
+  """
+  # A linen module's `parent` and `name` are linen's, not options.
+  linen = ("parent", "name") if issubclass(cls, nn.Module) else ()
+  names = [f.name for f in dataclasses.fields(cls)
+           if f.init and f.name not in linen]
+  unknown = sorted(set(values) - set(names))
+  if unknown:
+    raise ValueError(f"{section}: unknown key(s) {unknown}; valid keys: "
+                     f"{names}")
+  return cls(**{k: tuple(v) if isinstance(v, list) else v
+                for k, v in values.items()})
 
 
 def check_predictions(out: dict[str, Any], where: str) -> None:
