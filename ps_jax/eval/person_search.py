@@ -71,11 +71,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from ps_jax.eval import ap as ap_lib
+from ps_jax.eval import bootstrap
 from ps_jax.eval import detection
 
 FULL_SET = -1
@@ -199,9 +200,13 @@ class SearchResult:
   count_tp: np.ndarray
   count_gt: np.ndarray
 
-  def as_dict(self) -> dict[str, float]:
-    out = {"mAP": self.mAP}
+  def as_dict(self) -> dict[str, Any]:
+    """mAP, top-k and the 95 % bootstrap intervals of mAP and top-1
+    (`mAP_ci95`, `top1_ci95`: [low, high], queries resampled, seed 0)."""
+    out: dict[str, Any] = {"mAP": self.mAP}
     out.update({f"top{k}": v for k, v in self.top_k.items()})
+    out.update(bootstrap.intervals(
+        {"mAP": self.ap, "top1": self.hits[:, TOP_K.index(1)]}))
     return out
 
 

@@ -108,5 +108,6 @@ def test_red_query_finds_the_red_person():
                                 with_detection=False)
   # q1 (blue) finds pid 1 in both images, ahead of red and green.
   assert res["search/gallery_2"] == {"mAP": 1.0, "top1": 1.0, "top5": 1.0,
-                                     "top10": 1.0}
+                                     "top10": 1.0, "mAP_ci95": [1.0, 1.0],
+                                     "top1_ci95": [1.0, 1.0]}
   assert not any(k.startswith("detection") for k in res)

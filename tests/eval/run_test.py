@@ -20,7 +20,7 @@ from ps_jax.eval import protocols
 from ps_jax.eval import report
 from ps_jax.eval import run
 
-SEARCH_KEYS = {"mAP", "top1", "top5", "top10"}
+SEARCH_KEYS = {"mAP", "top1", "top5", "top10", "mAP_ci95", "top1_ci95"}
 
 
 def _options(**overrides):
@@ -56,7 +56,9 @@ def test_evaluate_a_checkpoint_and_reuse_its_cache(
   for size in (10, 20):
     res = results[f"search/gallery_{size}"]
     assert set(res) == SEARCH_KEYS
-    assert all(0.0 <= v <= 1.0 for v in res.values())
+    for name in ("mAP", "top1"):
+      low, high = res[f"{name}_ci95"]
+      assert 0.0 <= low <= res[name] <= high <= 1.0
   for name in ("all", "labeled"):
     assert set(results[f"detection/{name}"]) == {"recall", "ap"}
   assert 0.0 <= results["query_from_detection"] <= 1.0
