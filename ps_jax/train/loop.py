@@ -5,7 +5,8 @@ evaluation. It knows the system only through the contract
 (`ps_jax.systems.base`). Resume order: the latest checkpoint in `workdir` if
 there is one (state, the system's extra state and the data iterator position
 all come back), else `experiment.init_from` (pretrained weights), else a
-fresh state initialised from the run's seed.
+fresh state initialised from the run's seed. A damaged latest checkpoint is
+moved aside and the one before restored (`ps_jax.checkpoint`).
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
       run in total, as if the process had been killed; for resume tests.
   Returns:
     {"step": final step, "metrics": last logged scalars, "eval": results}.
+  Raises:
+    checkpoint.CheckpointError: the workdir has checkpoints and none loads.
+    NonFiniteLossError: the loss became NaN or infinite.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -112,10 +116,14 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
   state, tx, schedule = step_lib.init_state(
       exp.system, exp.optim, run.seed, exp.data.train_scales[0], mesh)
   mngr = checkpoint.manager(workdir, max_to_keep=run.max_to_keep)
-  if mngr.latest_step() is not None:
-    logging.info("Resuming from %s at step %d", mngr.directory,
-                 mngr.latest_step())
-    state = checkpoint.restore(mngr, state, data_iter)
+  try:
+    restored = checkpoint.restore_latest(mngr, state, data_iter)
+  except checkpoint.CheckpointError:
+    mngr.close()
+    raise
+  if restored is not None:
+    logging.info("Resumed from %s at step %d", mngr.directory, restored.step)
+    state = restored.state
   elif exp.init_from:
     variables = exp.system.init_from(
         state_lib.variables_of(state), exp.init_from,
