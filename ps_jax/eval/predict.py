@@ -272,18 +272,60 @@ class Predictor:
   evaluation pipeline does, one image per call of the jitted step (the
   bucket compiles once).
 
+  What the embeddings depend on, so that `ps_jax.search` never compares
+  embeddings of two different models: `variables_fingerprint`,
+  `system_description` and `fingerprint` (both), computed on first use
+  (hashing the weights reads every byte once).
+
   Attributes:
     system: the system.
     embedding_dim: D.
+    step: the checkpoint step of the variables, if the caller gave it.
   """
 
   def __init__(self, system: base.PersonSearchSystem, variables: Any,
-               data: pipeline.PipelineConfig):
+               data: pipeline.PipelineConfig, *, step: int | None = None):
     self.system = system
     self._variables = variables
-    self._step = make_predict_step(system)
+    self._predict_step = make_predict_step(system)
     self._data = data
     self.embedding_dim = int(system.embedding_dim)
+    self.step = None if step is None else int(step)
+
+  @functools.cached_property
+  def variables_fingerprint(self) -> str:
+    """32 hex digits hashing every weight's path, dtype, shape and bytes."""
+    # Imported here: ps_jax.eval.cache imports this module.
+    from ps_jax.eval import cache  # pylint: disable=g-import-not-at-top
+    return cache.variables_fingerprint(self._variables)
+
+  @functools.cached_property
+  def system_description(self) -> dict[str, str]:
+    """{"type": the system's class name, "hash": 16 hex digits hashing every
+    option of the system and the test-time input settings}."""
+    # pylint: disable=g-import-not-at-top
+    import hashlib
+    import json
+    from ps_jax.eval import cache
+    # pylint: enable=g-import-not-at-top
+    cfg = self._data
+    # The input resizing and normalization change the embeddings as much as
+    # the system's own options do.
+    text = json.dumps({"system": cache.describe(self.system),
+                       "test_scale": list(cfg.test_scale),
+                       "size_divisor": cfg.size_divisor,
+                       "normalization": cfg.normalization}, sort_keys=True)
+    return {"type": type(self.system).__name__,
+            "hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """32 hex digits hashing the weights and the system description: two
+    predictors with the same fingerprint embed the same image alike."""
+    import hashlib  # pylint: disable=g-import-not-at-top
+    d = self.system_description
+    text = f"{self.variables_fingerprint}|{d['type']}|{d['hash']}"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
   def _batch(self, image: np.ndarray) -> dict[str, np.ndarray]:
     image = np.asarray(image)
@@ -309,10 +351,10 @@ class Predictor:
         "example_valid": np.ones((1,), bool),
     }
 
-  def _run(self, image: np.ndarray, box: Sequence[float] | None):
+  def _run(self, batch: dict[str, np.ndarray], box: np.ndarray | None):
     q = np.zeros((1, 4), np.float32) if box is None else np.asarray(
         box, np.float32).reshape(1, 4)
-    out = self._step(self._variables, self._batch(image), jnp.asarray(q))
+    out = self._predict_step(self._variables, batch, jnp.asarray(q))
     return jax.device_get(out)
 
   def detect(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -320,7 +362,7 @@ class Predictor:
     f32[n, D] L2-normalized, sorted by score."""
     results = []
     for image in images:
-      out = self._run(image, None)
+      out = self._run(self._batch(image), None)
       v = out["valid"][0]
       results.append({"boxes": out["boxes"][0][v],
                       "scores": out["scores"][0][v],
@@ -330,9 +372,32 @@ class Predictor:
   def embed_query(self, image: np.ndarray, box_xyxy: Sequence[float]
                   ) -> np.ndarray:
     """f32[D] L2-normalized embedding of the person at `box_xyxy` (original
-    pixels), by the config's `eval.query_mode`."""
-    box = np.asarray(box_xyxy, np.float32).reshape(4)
-    if not (np.all(np.isfinite(box)) and box[2] > box[0] and box[3] > box[1]):
-      raise ValueError(f"query box {box.tolist()} is empty or not finite; "
-                       "expected x1 < x2 and y1 < y2 in pixels")
-    return np.asarray(self._run(image, box)["query_embedding"][0])
+    pixels), by the config's `eval.query_mode`.
+
+    A box reaching outside the image is clipped to it, with a warning that
+    shows both boxes.
+
+    Raises:
+      ValueError: the box is not 4 finite numbers, or is empty once clipped
+        (x1 >= x2 or y1 >= y2, e.g. wholly outside the image).
+    """
+    batch = self._batch(image)
+    h, w = np.shape(image)[:2]
+    box = np.asarray(box_xyxy, np.float64).reshape(4)
+    if not np.all(np.isfinite(box)):
+      raise ValueError(f"query box {self._format_box(box)} is not finite")
+    clipped = np.clip(box, 0.0, [w, h, w, h])
+    if not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
+      raise ValueError(
+          f"query box {self._format_box(box)} is empty inside the {w}x{h} "
+          f"image (clipped to it: {self._format_box(clipped)}); expected "
+          "x1 < x2 and y1 < y2 in pixels")
+    if np.any(clipped != box):
+      logging.warning("query box %s reaches outside the %dx%d image; "
+                      "clipped to %s", self._format_box(box), w, h,
+                      self._format_box(clipped))
+    return np.asarray(self._run(batch, clipped)["query_embedding"][0])
+
+  @staticmethod
+  def _format_box(box: np.ndarray) -> str:
+    return "[" + ", ".join(f"{round(float(v), 3):g}" for v in box) + "]"
