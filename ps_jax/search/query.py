@@ -16,9 +16,10 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from absl import logging
 import numpy as np
 
 from ps_jax.search import index as index_lib
@@ -148,12 +149,32 @@ def search(index: index_lib.GalleryIndex, query_embedding: np.ndarray,
   return hits
 
 
+def format_box(box_xyxy: Sequence[float]) -> str:
+  """`[x1, y1, x2, y2]` with at most 3 decimals, as messages show boxes."""
+  return "[" + ", ".join(f"{round(float(v), 3):g}" for v in box_xyxy) + "]"
+
+
 def check_box(box_xyxy: Sequence[float], width: int, height: int,
-              where: str = "query box") -> tuple[float, float, float, float]:
+              where: str = "query box",
+              warn: Callable[[str], None] | None = None
+              ) -> tuple[float, float, float, float]:
   """Validates a pixel box [x1, y1, x2, y2] against a width x height image.
 
-  Returns the box clipped to the image. Raises SearchError naming `where`
-  if it has not 4 finite numbers, or is empty after clipping.
+  A box reaching outside the image is clipped to it, and `warn` gets a
+  message naming `where`, the box given and the clipped box.
+
+  Args:
+    box_xyxy: the box, in pixels.
+    width: the image's width in pixels.
+    height: the image's height in pixels.
+    where: what the box is, for messages (e.g. "--box for q.jpg").
+    warn: called with the clipping message; default: absl logging.warning.
+  Returns:
+    The box clipped to the image.
+  Raises:
+    SearchError naming `where` if the box is not 4 finite numbers, or (naming
+    it and its clipped version) if it is empty once clipped: x1 >= x2 or
+    y1 >= y2, or wholly outside the image.
   """
   try:
     b = [float(v) for v in box_xyxy]
@@ -164,11 +185,20 @@ def check_box(box_xyxy: Sequence[float], width: int, height: int,
                       "x1,y1,x2,y2")
   x1, x2 = (min(max(v, 0.0), float(width)) for v in b[0::2])
   y1, y2 = (min(max(v, 0.0), float(height)) for v in b[1::2])
+  clipped = (x1, y1, x2, y2)
   if not (x2 > x1 and y2 > y1):
     raise SearchError(
-        f"{where}: {b} is empty inside the {width}x{height} image (need "
-        "x1 < x2 and y1 < y2 in pixels)")
-  return x1, y1, x2, y2
+        f"{where}: {format_box(b)} is empty inside the {width}x{height} "
+        f"image (clipped to it: {format_box(clipped)}; need x1 < x2 and "
+        "y1 < y2 in pixels)")
+  if clipped != tuple(b):
+    message = (f"{where}: {format_box(b)} reaches outside the "
+               f"{width}x{height} image; clipped to {format_box(clipped)}")
+    if warn is None:
+      logging.warning("%s", message)
+    else:
+      warn(message)
+  return clipped
 
 
 def embed_query(predictor: index_lib.Predictor, image: np.ndarray,
@@ -178,7 +208,8 @@ def embed_query(predictor: index_lib.Predictor, image: np.ndarray,
   Args:
     predictor: the model.
     image: uint8[H, W, 3] RGB.
-    box_xyxy: (x1, y1, x2, y2) pixels of `image`; clipped to it.
+    box_xyxy: (x1, y1, x2, y2) pixels of `image`; clipped to it with a
+      warning (`check_box`) if it reaches outside.
   Returns:
     f32[D] L2-normalized.
   """

@@ -1,6 +1,8 @@
 """Tests of ps_jax.search.query against a slow numpy reference."""
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -163,7 +165,9 @@ def test_embed_query_and_crop_boxes():
   assert pred.calls[-1] == ((30, 12, 3), (0.0, 0.0, 12.0, 30.0))
   with pytest.raises(SearchError, match="empty inside the 60x40 image"):
     query_lib.embed_query(pred, image, (30, 10, 20, 20))
-  with pytest.raises(SearchError, match="empty inside"):
+  with pytest.raises(SearchError, match=re.escape(
+      "[70, 10, 80, 20] is empty inside the 60x40 image (clipped to it: "
+      "[60, 10, 60, 20]")):
     query_lib.embed_query(pred, image, (70, 10, 80, 20))
   with pytest.raises(SearchError, match="4 finite numbers"):
     query_lib.embed_query(pred, image, (1, 2, 3))
@@ -174,3 +178,24 @@ def test_embed_query_and_crop_boxes():
   pred.embedding_dim = 4
   with pytest.raises(SearchError, match="shape \\(3,\\), expected \\(4,\\)"):
     query_lib.embed_query(pred, image, (0, 0, 10, 10))
+
+
+def test_box_partly_outside_is_clipped_with_a_warning(caplog):
+  warnings = []
+  box = query_lib.check_box((-5.5, 10, 30, 50), 60, 40, "--box for q.jpg",
+                            warn=warnings.append)
+  assert box == (0.0, 10.0, 30.0, 40.0)
+  assert warnings == ["--box for q.jpg: [-5.5, 10, 30, 50] reaches outside "
+                      "the 60x40 image; clipped to [0, 10, 30, 40]"]
+  # Inside the image: no warning. Without `warn`: absl's logging.warning.
+  query_lib.check_box((0, 0, 60, 40), 60, 40, warn=warnings.append)
+  assert len(warnings) == 1
+  with caplog.at_level(logging.WARNING):
+    query_lib.embed_query(RecordingPredictor(), np.zeros((40, 60, 3), np.uint8),
+                          (50, 30, 70, 45))
+  assert ("query box: [50, 30, 70, 45] reaches outside the 60x40 image; "
+          "clipped to [50, 30, 60, 40]") in caplog.text
+  with pytest.raises(SearchError, match=re.escape(
+      "q: [-9, -9, 0, 5] is empty inside the 60x40 image (clipped to it: "
+      "[0, 0, 0, 5]")):
+    query_lib.check_box((-9, -9, 0, 5), 60, 40, "q", warn=warnings.append)
