@@ -1,9 +1,11 @@
 """Search people in your own images with a trained ps_jax model.
 
-  from ps_jax.eval.predict import Predictor
+  from ps_jax import experiment
   from ps_jax import search
+  from ps_jax.eval.predict import Predictor
 
-  predictor = Predictor.from_workdir("runs/synthetic")
+  exp, variables, step = experiment.restore("runs/synthetic")
+  predictor = Predictor(exp.system, variables, exp.data, step=step)
   index = search.GalleryIndex.build(
       predictor, search.find_images(["photos/"]),
       model_info={"workdir": "runs/synthetic"})
@@ -14,9 +16,13 @@
   search.render_results(search.read_image("q.jpg"), (120, 40, 180, 210),
                         hits).save("hits.png")
 
-Modules: images (reading image files and TFDS records), index (GalleryIndex,
-on-disk format), query (ranking, Hit), visualize (result pictures), cli (the
-`ps-search` command).
+The index records the predictor's step and fingerprint and refuses
+another model (`GalleryIndex.check_model`; `GalleryIndex.reembed` moves an
+index to a new one).
+
+Modules: images (reading image files and TFDS records), identity (which
+model made an index), index (GalleryIndex, on-disk format), query (ranking,
+Hit), visualize (result pictures), cli (the `ps-search` command).
 """
 
 from ps_jax.search.images import find_images

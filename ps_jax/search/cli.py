@@ -5,6 +5,10 @@
       --top-k 5 --picture result.png
   ps-search info --index gallery_index
 
+An index records the model that made it (workdir, step, fingerprint of the
+weights and system); `query` and `index --append` refuse another model, and
+`index --reembed` moves a whole index to the current one.
+
 Results are JSON on stdout (or in the --json file). User errors (missing
 files, bad boxes, an index made by another model...) print one line
 "ps-search: error: ..." on stderr and exit with status 2, no traceback.
@@ -21,6 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ps_jax.search import identity
 from ps_jax.search import images as images_lib
 from ps_jax.search import index as index_lib
 from ps_jax.search import query as query_lib
@@ -31,7 +36,11 @@ PredictorFactory = Callable[[str, int | None], index_lib.Predictor]
 
 
 def load_predictor(workdir: str, step: int | None) -> index_lib.Predictor:
-  """The trained model of `workdir` (latest checkpoint unless `step`)."""
+  """The trained model of `workdir` (latest checkpoint unless `step`).
+
+  The predictor knows its checkpoint step and fingerprint, which the index
+  records and checks.
+  """
   if not os.path.isdir(workdir):
     raise SearchError(f"--workdir {workdir}: no such directory (the training "
                       "run's --workdir, holding ckpt/)")
@@ -39,8 +48,8 @@ def load_predictor(workdir: str, step: int | None) -> index_lib.Predictor:
   from ps_jax import experiment
   from ps_jax.eval import predict
   # pylint: enable=g-import-not-at-top
-  exp, variables, _ = experiment.restore(workdir, step)
-  return predict.Predictor(exp.system, variables, exp.data)
+  exp, variables, step = experiment.restore(workdir, step)
+  return predict.Predictor(exp.system, variables, exp.data, step=step)
 
 
 def _box(text: str) -> tuple[float, ...]:
@@ -93,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "; default: the one that made the index"))
     sp.add_argument(
         "--step", type=int, default=None,
-        help="checkpoint step to load instead of the latest" + (
-            "" if required else "; default: the step that made the index"))
+        help="checkpoint step to load instead of the latest; default" + (
+            " with --append: the step that made the index" if required else
+            ": the step that made the index, if --workdir is its"))
 
   ix = sub.add_parser(
       "index", formatter_class=fmt, help="detect and embed the people of "
@@ -105,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
           "example:\n  ps-search index --workdir runs/synthetic "
           "--images photos/ 'cam2/*.jpg' --out gallery_index"))
   model_args(ix, required=True)
-  src = ix.add_mutually_exclusive_group(required=True)
+  src = ix.add_mutually_exclusive_group()
   src.add_argument(
       "--images", nargs="+", metavar="DIR_OR_GLOB",
       help="image files, folders (their .jpg/.jpeg/.png/.bmp/.webp/.tif "
@@ -122,7 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
       "--append", action="store_true",
       help="add to an existing index: images already in it and unchanged "
       "(same path, size and modification time) are skipped, changed ones "
-      "re-indexed; without it an existing --out is an error")
+      "re-indexed; without it an existing --out is an error. The model "
+      "must be the index's (default --step: the index's)")
+  ix.add_argument(
+      "--reembed", action="store_true",
+      help="index every image of the existing --out index again with this "
+      "model (latest checkpoint unless --step), replacing all its "
+      "embeddings in one atomic save: for an index made by another model "
+      "or an older checkpoint. --images/--tfds are optional and added "
+      "after")
   ix.add_argument("--batch-size", type=_positive, default=8,
                   help="images per model call (default: %(default)s)")
   ix.add_argument("--recursive", action="store_true",
@@ -188,50 +206,85 @@ def _model_info(workdir: str, step: int | None,
                 predictor: index_lib.Predictor) -> dict[str, Any]:
   # The loaded step, if the predictor knows it, pins the exact weights even
   # when training later writes newer checkpoints into the same workdir.
-  step = getattr(predictor, "step", step)
   return {"workdir": os.path.abspath(workdir),
-          "step": None if step is None else int(step)}
+          "step": None if step is None else int(step),
+          **identity.model_identity(predictor)}
+
+
+def _default_step(args: argparse.Namespace, workdir: str,
+                  index: index_lib.GalleryIndex) -> int | None:
+  """--step, else the index's step if the model is the index's workdir."""
+  if args.step is not None or index.model_info.get("workdir") != (
+      os.path.abspath(workdir)):
+    return args.step
+  return index.model_info.get("step")
+
+
+def _load_model(factory: PredictorFactory, workdir: str, step: int | None,
+                index_step: bool) -> index_lib.Predictor:
+  try:
+    return factory(workdir, step)
+  except FileNotFoundError as e:
+    if not index_step:
+      raise
+    raise SearchError(
+        f"{e} (step {step} made the index: give --step, or re-embed the "
+        "index with the latest checkpoint: ps-search index --reembed)") from e
+
+
+def _warn(message: str) -> None:
+  print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def _cmd_index(args: argparse.Namespace, factory: PredictorFactory) -> dict:
   exists = index_lib.GalleryIndex.exists(args.out)
-  if exists and not args.append:
+  if args.reembed and not exists:
+    raise SearchError(f"--reembed: --out {args.out} holds no index to "
+                      "re-embed")
+  if exists and not (args.append or args.reembed):
     raise SearchError(f"--out {args.out} already holds an index: pass "
-                      "--append to add images, or choose a new directory")
-  if args.tfds is None:
+                      "--append to add images, --reembed to re-embed it with "
+                      "this model, or choose a new directory")
+  if args.images is None and args.tfds is None and not args.reembed:
+    raise SearchError("index needs --images or --tfds (or --reembed to "
+                      "re-embed the index in --out)")
+  if args.images is not None:
     paths = images_lib.find_images(args.images, recursive=args.recursive)
-  elif not os.path.isdir(args.tfds):
+  elif args.tfds is not None and not os.path.isdir(args.tfds):
     raise SearchError(f"--tfds {args.tfds}: no such directory")
   index = index_lib.GalleryIndex.load(args.out) if exists else None
-  if index is not None and index.model_info.get("workdir") not in (
-      None, os.path.abspath(args.workdir)):
-    raise SearchError(f"--out {args.out} was made with --workdir "
-                      f"{index.model_info['workdir']}; embeddings of another "
-                      "model do not compare: use a new --out")
   step = args.step
-  if index is not None and step is None:
+  if index is not None and not args.reembed:
     # Keep extending with the weights that made the index, even if training
     # has written newer checkpoints since.
-    step = index.model_info.get("step")
-  predictor = factory(args.workdir, step)
+    step = _default_step(args, args.workdir, index)
+  predictor = _load_model(factory, args.workdir, step,
+                          index_step=step is not None and args.step is None)
   info = _model_info(args.workdir, step, predictor)
+  opts = dict(batch_size=args.batch_size,
+              on_error="raise" if args.strict else "skip")
+  reembedded = index_lib.IndexingReport()
+  if args.reembed:
+    reembedded = index.reembed(predictor, model_info=info, save_to=args.out,
+                               **opts)
   if index is None:
     index = index_lib.GalleryIndex(predictor.embedding_dim, info)
-  opts = dict(batch_size=args.batch_size,
-              on_error="raise" if args.strict else "skip",
-              model_info=info, save_to=args.out, save_every=args.save_every)
-  if args.tfds is None:
+  report = index_lib.IndexingReport()
+  opts.update(model_info=info, save_to=args.out,
+              save_every=args.save_every)
+  if args.images is not None:
     report = index.add(predictor, paths, **opts)
-  else:
+  elif args.tfds is not None:
     report = index.add_tfds(predictor, args.tfds, args.split, **opts)
   if len(index) == 0:
     raise SearchError("no image could be indexed: " + "; ".join(
         f"{n}: {why}" for n, why in report.failed[:5]))
+  failed = reembedded.failed + report.failed
   return {"index": os.path.abspath(args.out), **index.summary(),
           "added": report.added, "reindexed": report.reindexed,
-          "unchanged": report.unchanged,
-          "new_detections": report.detections,
-          "failed": [{"image": n, "error": why} for n, why in report.failed]}
+          "unchanged": report.unchanged, "reembedded": reembedded.reindexed,
+          "new_detections": report.detections + reembedded.detections,
+          "failed": [{"image": n, "error": why} for n, why in failed]}
 
 
 def _cmd_query(args: argparse.Namespace, factory: PredictorFactory) -> dict:
@@ -247,22 +300,27 @@ def _cmd_query(args: argparse.Namespace, factory: PredictorFactory) -> dict:
   if workdir is None:
     raise SearchError(f"{args.index} does not record its model: pass "
                       "--workdir")
-  step = args.step
-  if args.workdir is None:
-    step = index.model_info.get("step") if step is None else step
-  elif os.path.abspath(args.workdir) != index.model_info.get(
-      "workdir", os.path.abspath(args.workdir)):
-    print(f"{PROG}: warning: the index was made with --workdir "
-          f"{index.model_info['workdir']}, not {args.workdir}; "
-          "similarities may be meaningless", file=sys.stderr)
+  # The weights that made the index embed the query, even if training has
+  # written newer checkpoints since.
+  step = _default_step(args, workdir, index)
   image_path = args.image or args.crop
   image = images_lib.read_image(image_path)
   if args.crop is not None:
     box = (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
   else:
     box = query_lib.check_box(args.box, image.shape[1], image.shape[0],
-                              f"--box for {image_path}")
-  predictor = factory(workdir, step)
+                              f"--box for {image_path}", warn=_warn)
+  predictor = _load_model(factory, workdir, step,
+                          index_step=step is not None and args.step is None)
+  info = _model_info(workdir, step, predictor)
+  if not index.check_model(info, allow_unknown=True):
+    why = ("the index records no fingerprint of its model (format version "
+           "1 indexes do not); re-embed it to record one: ps-search index "
+           "--reembed" if info.get("fingerprint") else
+           "the model has no fingerprint")
+    _warn(f"cannot check that {args.index} holds embeddings of "
+          f"{identity.model_label(info)}, so similarities may be "
+          f"meaningless: {why}")
   index.check_predictor(predictor)
   emb = query_lib.embed_query(predictor, image, box)
   exclude = [os.path.abspath(image_path)] if args.exclude_query_image else []
@@ -275,10 +333,12 @@ def _cmd_query(args: argparse.Namespace, factory: PredictorFactory) -> dict:
                 "box": [round(v, 3) for v in box],
                 "kind": "crop" if args.crop is not None else "image+box"},
       "index": os.path.abspath(args.index),
-      "model": _model_info(workdir, step, predictor),
+      "model": info,
       "ranking": "cws" if args.cws else "similarity",
       "hits": [h.to_dict() for h in hits],
   }
+  if args.box is not None and tuple(args.box) != tuple(box):
+    result["query"]["box_given"] = list(args.box)  # before clipping
   if args.picture is not None:
     from ps_jax.search import visualize  # pylint: disable=g-import-not-at-top
     picture = visualize.render_results(

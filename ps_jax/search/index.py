@@ -7,8 +7,9 @@ index loads without the model (`GalleryIndex.load`).
 
 On disk an index is a directory (no pickle anywhere):
   index.json             format version, embedding dim, the model that made
-                         it (workdir, step), one entry per image, and the
-                         names of the array files below;
+                         it (workdir, step, fingerprint; see `identity`),
+                         one entry per image, and the names of the array
+                         files below;
   boxes.<gen>.npy        f32[M, 4] boxes [x1, y1, x2, y2], original pixels
                          of the image as read (EXIF orientation applied);
   scores.<gen>.npy       f32[M] detection scores in [0, 1];
@@ -26,6 +27,12 @@ the next successful save. One writer at a time per directory.
 Images are identified by their absolute path plus modification time and size
 (files), or by builder directory, split and record number (TFDS), so `add`
 skips what is already indexed and re-indexes files that changed.
+
+Embeddings of two models do not compare, so an index refuses to be extended
+by a model whose fingerprint differs from the one that made it
+(`check_model`); `reembed` moves a whole index to another model. Format
+version 2 added the fingerprint; version 1 indexes still load, their model
+unknown.
 """
 
 from __future__ import annotations
@@ -42,12 +49,16 @@ from absl import logging
 import numpy as np
 import tqdm
 
+from ps_jax.search import identity
 from ps_jax.search import images as images_lib
 from ps_jax.search.images import SearchError
 from ps_jax.search.images import read_image
 
 FORMAT_NAME = "ps_jax.search.GalleryIndex"
-FORMAT_VERSION = 1
+# 2: the model's fingerprint is recorded and checked; readers of version 1
+# would ignore it and mix models.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 INDEX_FILE = "index.json"
 ARRAY_NAMES = ("boxes", "scores", "embeddings", "image_of_det")
 ON_ERROR = ("skip", "raise")
@@ -60,6 +71,11 @@ class Predictor(Protocol):
   """What the search needs from a trained model (ps_jax.eval.predict).
 
   Tests inject small fakes; `ps_jax.eval.predict.Predictor` is the real one.
+  Optional attributes, recorded in the index when present
+  (`identity.model_identity`): `fingerprint` (str, equal for predictors
+  that embed alike; without one the index cannot tell models apart), `step`
+  (int, the checkpoint step), `variables_fingerprint` (str) and
+  `system_description` (dict).
   """
 
   embedding_dim: int
@@ -196,7 +212,10 @@ class GalleryIndex:
   Attributes:
     embedding_dim: D.
     model_info: JSON-able description of the model that made the index
-      (`workdir`, `step`), checked by `add` and shown by the CLI.
+      (`workdir`, and `identity.model_identity`'s keys), checked by `add`
+      and shown by the CLI.
+    format_version: the on-disk format it was loaded from (FORMAT_VERSION
+      for a new index; `save` writes FORMAT_VERSION).
     images: list of ImageEntry, in array order.
     boxes: f32[M, 4] xyxy, original pixels of each detection's image.
     scores: f32[M] detection scores in [0, 1].
@@ -210,6 +229,7 @@ class GalleryIndex:
       raise SearchError(f"embedding_dim must be positive, got {embedding_dim}")
     self.embedding_dim = int(embedding_dim)
     self.model_info = dict(model_info or {})
+    self.format_version = FORMAT_VERSION
     self.images: list[ImageEntry] = []
     self.boxes = np.zeros((0, 4), np.float32)
     self.scores = np.zeros((0,), np.float32)
@@ -268,13 +288,17 @@ class GalleryIndex:
         "raise" stops at the first one with a SearchError naming it.
       progress: show a progress bar on stderr; None: only if stderr is a
         terminal.
-      model_info: the model's description; if both it and the index's are
-        set they must agree (embeddings of different models do not compare).
+      model_info: the model's description (e.g. its workdir), completed by
+        `identity.model_identity(predictor)`; it must name the index's model
+        (`check_model`): embeddings of different models do not compare.
       save_to: if set, the index directory saved to every `save_every`
         images and at the end, so an interrupted run resumes with `add`.
       save_every: images between intermediate saves (0: only at the end).
     Returns:
       An IndexingReport.
+    Raises:
+      SearchError if the predictor is not the index's model (`check_model`)
+      or an image fails with on_error="raise".
     """
     if on_error not in ON_ERROR:
       raise SearchError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -325,20 +349,83 @@ class GalleryIndex:
         builder.data_dir))
     src = self._data_source(builder_dir, split)
     n = len(src) if limit is None else min(int(limit), len(src))
+    # Records are decoded only when indexed: listing the image_ids first
+    # would decode every image twice.
+    sources = [self._tfds_source(builder_dir, split, i) for i in range(n)]
+    return self._add_sources(predictor, sources, IndexingReport(),
+                             **add_kwargs)
+
+  def _tfds_source(self, builder_dir: str, split: str, record: int,
+                   name: str | None = None) -> _Source:
+    """Record `record` of a split; failures name it `name` until decoded."""
 
     def load_record(entry: ImageEntry) -> np.ndarray:
+      src = self._data_source(builder_dir, split)
       ex = images_lib.read_record(src, builder_dir, split, entry.record)
       entry.image_id = entry.name = images_lib.image_id_of(ex, entry.record)
       return images_lib.decode_record_image(ex, entry.name)
 
-    # Records are decoded only when indexed: listing the image_ids first
-    # would decode every image twice.
-    sources = [_Source(ImageEntry(name=f"{split}[{i}]", width=0, height=0,
-                                  builder_dir=builder_dir, split=split,
-                                  record=i), load_record)
-               for i in range(n)]
-    return self._add_sources(predictor, sources, IndexingReport(),
-                             **add_kwargs)
+    return _Source(ImageEntry(name=name or f"{split}[{record}]", width=0,
+                              height=0, builder_dir=builder_dir, split=split,
+                              record=record), load_record)
+
+  def reembed(self, predictor: Predictor, *,
+              model_info: Mapping[str, Any] | None = None,
+              batch_size: int = 8, on_error: str = "skip",
+              progress: bool | None = None,
+              save_to: str | os.PathLike[str] | None = None
+              ) -> IndexingReport:
+    """Indexes every image of the index again, with another model.
+
+    For an index made by another model (training went on, another run) or
+    one that does not record its model (format version 1): all detections
+    and embeddings, the model info and the embedding dim are replaced at
+    once, when every image is done, so an error or an interruption leaves
+    the index (and `save_to`) as it was.
+
+    Args:
+      predictor: the new model.
+      model_info: its description (e.g. its workdir), completed by
+        `identity.model_identity(predictor)`; it replaces the index's.
+      batch_size: images per `predictor.detect` call.
+      on_error: "skip" drops images that can no longer be read (listed in
+        the report's `failed`); "raise" stops at the first one.
+      progress: show a progress bar on stderr; None: only on a terminal.
+      save_to: if set, the index directory saved to once, at the end.
+    Returns:
+      An IndexingReport; `reindexed` counts the images re-embedded.
+    Raises:
+      SearchError if no image could be re-embedded (the index is unchanged).
+    """
+    if on_error not in ON_ERROR:
+      raise SearchError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    report = IndexingReport()
+    sources = []
+    for e in self.images:
+      if e.path is None:
+        sources.append(self._tfds_source(e.builder_dir, e.split, e.record,
+                                         e.name))
+        continue
+      try:
+        sources.append(_file_source(e.path))
+      except OSError as err:
+        self._fail(report, e.path, f"cannot read file ({err.strerror or err})",
+                   on_error)
+    fresh = GalleryIndex(predictor.embedding_dim, model_info)
+    fresh._data_sources = self._data_sources  # pylint: disable=protected-access
+    fresh._add_sources(  # pylint: disable=protected-access
+        predictor, sources, report, batch_size=batch_size, on_error=on_error,
+        progress=progress)
+    if not fresh.images:
+      raise SearchError("no image of the index could be re-embedded: "
+                        + "; ".join(f"{n}: {why}" for n, why in
+                                    report.failed[:5]))
+    for k in ("embedding_dim", "model_info", "images", *ARRAY_NAMES):
+      setattr(self, k, getattr(fresh, k))
+    report.reindexed, report.added = report.added, 0
+    if save_to is not None:
+      self.save(save_to)
+    return report
 
   def _fail(self, report: IndexingReport, name: str, why: str,
             on_error: str) -> None:
@@ -357,14 +444,12 @@ class GalleryIndex:
       raise SearchError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_size < 1:
       raise SearchError(f"batch_size must be >= 1, got {batch_size}")
+    info = {**dict(model_info or {}),
+            **identity.model_identity(predictor)}
+    if info:
+      self.check_model(info)
+      self.model_info = {**self.model_info, **info}
     self.check_predictor(predictor)
-    if model_info:
-      if self.model_info and dict(model_info) != self.model_info:
-        raise SearchError(
-            f"the index was made by model {self.model_info}, not "
-            f"{dict(model_info)}: embeddings of different models do not "
-            "compare; index into a new directory")
-      self.model_info = dict(model_info)
 
     known = {e.key: e for e in self.images}
     todo = []
@@ -450,6 +535,25 @@ class GalleryIndex:
     report.reindexed += replaced
     report.added += len(new) - replaced
     report.detections += int(sum(len(d[1]) for _, d in pending))
+
+  def check_model(self, model_info: Mapping[str, Any], *,
+                  allow_unknown: bool = False) -> bool:
+    """Checks that `model_info` names the model of the index's embeddings.
+
+    See `identity.check_same_model`; an index without images holds no
+    embeddings, so any model fits it.
+
+    Returns:
+      True if the models agree, False if it cannot be told and
+      `allow_unknown`.
+    Raises:
+      SearchError naming both models if they differ, or if it cannot be told
+      and not `allow_unknown`.
+    """
+    if not self.images:
+      return True
+    return identity.check_same_model(self.model_info, model_info,
+                                     allow_unknown=allow_unknown)
 
   def check_predictor(self, predictor: Predictor) -> None:
     """Raises SearchError if the predictor's embedding dim differs."""
@@ -587,11 +691,20 @@ class GalleryIndex:
       raise SearchError(f"{index_path}: not valid JSON ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
       raise SearchError(f"{index_path}: not a {FORMAT_NAME} file")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version not in READABLE_VERSIONS:
       raise SearchError(
-          f"{index_path}: format version {meta.get('format_version')}, this "
-          f"ps_jax reads version {FORMAT_VERSION}; rebuild the index")
-    index = cls(meta["embedding_dim"], meta.get("model"))
+          f"{index_path}: format version {version}, this ps_jax reads "
+          f"versions {', '.join(map(str, READABLE_VERSIONS))}; rebuild the "
+          "index")
+    model = dict(meta.get("model") or {})
+    if version == 1:
+      # Version 1 recorded no fingerprint; nothing in it identifies the
+      # weights (its step was often unknown too).
+      for k in ("fingerprint", "variables_fingerprint", "system"):
+        model.pop(k, None)
+    index = cls(meta["embedding_dim"], model)
+    index.format_version = int(version)
     index.images = [ImageEntry.from_json(e, str(index_path))
                     for e in meta["images"]]
     arrays = {}
@@ -623,10 +736,17 @@ class GalleryIndex:
     return index
 
   def summary(self) -> dict[str, Any]:
-    """JSON-able overview: sizes, model, sources."""
+    """JSON-able overview: sizes, model, sources, format version.
+
+    The model always shows its workdir, step and fingerprint, None where
+    unknown (e.g. an index of format version 1).
+    """
     files = sum(e.path is not None for e in self.images)
+    model = {"workdir": None, "step": None, "fingerprint": None,
+             **self.model_info}
     return {"images": len(self.images), "detections": self.num_detections,
-            "embedding_dim": self.embedding_dim, "model": self.model_info,
-            "image_files": files, "tfds_images": len(self.images) - files}
+            "embedding_dim": self.embedding_dim, "model": model,
+            "image_files": files, "tfds_images": len(self.images) - files,
+            "format_version": self.format_version}
 
 

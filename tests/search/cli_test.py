@@ -10,6 +10,7 @@ from PIL import Image
 import pytest
 
 from ps_jax.search import cli
+from ps_jax.search import images as images_lib
 from ps_jax.search import index as index_lib
 
 # Distinct clothing colours; the person with TARGET appears once, in
@@ -19,18 +20,27 @@ COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30),
 TARGET = (240, 120, 200)
 
 
-class FakePredictor:
-  """Two fixed "people" per image (left / right half), colour embedding."""
+FP_A, FP_B = "a" * 32, "b" * 32
 
-  def __init__(self, embedding_dim=4):
+
+class FakePredictor:
+  """Two fixed "people" per image (left / right half), colour embedding.
+
+  Another `roll` is another model: its embeddings are rotated.
+  """
+
+  def __init__(self, embedding_dim=4, fingerprint=FP_A, step=None, roll=0):
     self.embedding_dim = embedding_dim
+    self.fingerprint = fingerprint
+    self.step = step
+    self.roll = roll
     self.detected = 0
 
   def _embed(self, image, box):
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     v = np.zeros(self.embedding_dim, np.float32)
     v[:3] = image[y1:y2, x1:x2].reshape(-1, 3).mean(0) - 127.5
-    return v / np.linalg.norm(v)
+    return np.roll(v / np.linalg.norm(v), self.roll)
 
   def detect(self, images):
     self.detected += len(images)
@@ -47,7 +57,7 @@ class FakePredictor:
 
 
 class Factory:
-  """Records the (workdir, step) the CLI asks for."""
+  """Records the (workdir, step) the CLI asks for; one model, no steps."""
 
   def __init__(self, embedding_dim=4):
     self.calls = []
@@ -56,6 +66,27 @@ class Factory:
   def __call__(self, workdir, step):
     self.calls.append((workdir, step))
     return self.predictor
+
+
+class TrainingRun:
+  """A fake training run: its checkpoints, step -> fingerprint.
+
+  Loads the latest checkpoint unless asked for a step, as
+  `cli.load_predictor` does; the predictor tells its step and fingerprint.
+  Each checkpoint is another model (`FakePredictor.roll` = its position).
+  """
+
+  def __init__(self, checkpoints):
+    self.checkpoints = dict(checkpoints)
+    self.calls = []
+
+  def __call__(self, workdir, step):
+    self.calls.append((workdir, step))
+    step = max(self.checkpoints) if step is None else step
+    if step not in self.checkpoints:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {workdir}")
+    return FakePredictor(fingerprint=self.checkpoints[step], step=step,
+                         roll=sorted(self.checkpoints).index(step))
 
 
 def scene(left, right, h=36, w=48):
@@ -148,9 +179,12 @@ def test_append_and_existing_index(photos, tmp_path, capsys):
   assert (summary["added"], summary["unchanged"], summary["images"]) == (
       3, 2, 5)
   assert factory.predictor.detected == 3
+  factory.predictor.fingerprint = FP_B  # the other workdir's model
   code, _, err = run(["index", "--workdir", tmp_path, "--out", idx,
                       "--images", photos, "--append"], capsys, factory)
-  assert code == 2 and "embeddings of another model" in err
+  assert code == 2 and "embeddings of different models" in err
+  assert f"of {tmp_path / 'run'} (fingerprint aaaaaaaa)" in err
+  assert f"of {tmp_path} (fingerprint bbbbbbbb)" in err
 
 
 def test_corrupt_images_skip_or_strict(photos, tmp_path, capsys):
@@ -269,3 +303,154 @@ def test_python_dash_m_entry_point():
   assert done.returncode == 2
   assert done.stderr.strip() == (
       "ps-search: error: /nonexistent/idx: no such index directory")
+
+
+def test_index_knows_its_model_and_refuses_another(photos, tmp_path, capsys):
+  run_dir, idx = tmp_path / "run", tmp_path / "idx"
+  training = TrainingRun({3: FP_A})
+  code, out, _ = run(["index", "--workdir", run_dir, "--images",
+                      photos / "scene0.png", photos / "scene2.png", "--out",
+                      idx], capsys, training)
+  assert code == 0
+  model = json.loads(out)["model"]
+  assert (model["workdir"], model["step"], model["fingerprint"]) == (
+      str(run_dir), 3, FP_A)
+  meta = json.loads((idx / "index.json").read_text())
+  assert meta["format_version"] == 2 and meta["model"] == model
+  code, out, _ = run(["info", "--index", idx], capsys)
+  assert code == 0 and json.loads(out)["model"]["step"] == 3
+  assert json.loads(out)["model"]["fingerprint"] == FP_A
+
+  # Training goes on: query and --append still load the index's step.
+  training.checkpoints[5] = FP_B
+  crop = tmp_path / "crop.png"
+  Image.fromarray(np.full((30, 12, 3), TARGET, np.uint8)).save(crop)
+  code, out, _ = run(["query", "--index", idx, "--crop", crop], capsys,
+                     training)
+  assert code == 0 and training.calls[-1] == (str(run_dir), 3)
+  assert json.loads(out)["hits"][0]["image"] == str(photos / "scene2.png")
+  code, _, _ = run(["index", "--workdir", run_dir, "--images",
+                    photos / "scene1.png", "--out", idx, "--append"], capsys,
+                   training)
+  assert code == 0 and training.calls[-1] == (str(run_dir), 3)
+
+  # The newer checkpoint is another model: an error naming both.
+  before = (idx / "index.json").read_text()
+  for argv in (["query", "--index", idx, "--crop", crop, "--step", "5"],
+               ["index", "--workdir", run_dir, "--images", photos, "--out",
+                idx, "--append", "--step", "5"]):
+    code, out, err = run(argv, capsys, training)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert (f"the index holds embeddings of step 3 of {run_dir} (fingerprint "
+            f"aaaaaaaa), this model is step 5 of {run_dir} (fingerprint "
+            "bbbbbbbb)") in err
+    assert "ps-search index --reembed" in err
+  assert (idx / "index.json").read_text() == before
+
+  # The index's checkpoint is gone: the error says what to do.
+  del training.checkpoints[3]
+  code, _, err = run(["query", "--index", idx, "--crop", crop], capsys,
+                     training)
+  assert code == 2 and "no checkpoint for step 3" in err
+  assert "step 3 made the index" in err and "--reembed" in err
+
+  # --reembed moves the whole index to the latest checkpoint at once.
+  code, out, _ = run(["index", "--workdir", run_dir, "--out", idx,
+                      "--reembed"], capsys, training)
+  assert code == 0
+  summary = json.loads(out)
+  assert (summary["reembedded"], summary["images"], summary["added"]) == (
+      3, 3, 0)
+  assert (summary["model"]["step"], summary["model"]["fingerprint"]) == (
+      5, FP_B)
+  index = index_lib.GalleryIndex.load(idx)
+  new_model = training(str(run_dir), 5)
+  for i, e in enumerate(index.images):
+    np.testing.assert_array_equal(
+        index.detections_of(i)["embeddings"],
+        new_model.detect([images_lib.read_image(e.path)])[0]["embeddings"])
+  code, out, _ = run(["query", "--index", idx, "--crop", crop], capsys,
+                     training)
+  assert code == 0 and json.loads(out)["model"]["step"] == 5
+  assert json.loads(out)["hits"][0]["image"] == str(photos / "scene2.png")
+
+
+def test_reembed_needs_an_index_and_adds_images(photos, tmp_path, capsys):
+  training = TrainingRun({3: FP_A})
+  idx = tmp_path / "idx"
+  code, _, err = run(["index", "--workdir", tmp_path / "run", "--out", idx,
+                      "--reembed"], capsys, training)
+  assert code == 2 and "holds no index to re-embed" in err
+  code, _, err = run(["index", "--workdir", tmp_path / "run", "--out", idx],
+                     capsys, training)
+  assert code == 2 and "index needs --images or --tfds" in err
+  assert run(["index", "--workdir", tmp_path / "run", "--out", idx,
+              "--images", photos / "scene0.png"], capsys, training)[0] == 0
+  training.checkpoints[5] = FP_B
+  code, out, _ = run(["index", "--workdir", tmp_path / "run", "--out", idx,
+                      "--reembed", "--images", photos], capsys, training)
+  assert code == 0
+  summary = json.loads(out)
+  assert (summary["reembedded"], summary["added"], summary["unchanged"],
+          summary["images"]) == (1, 4, 1, 5)
+  assert summary["model"]["fingerprint"] == FP_B
+
+
+def test_version_1_index_loads_with_its_model_unknown(photos, tmp_path,
+                                                      capsys):
+  run_dir, idx = tmp_path / "run", tmp_path / "idx"
+  training = TrainingRun({3: FP_A})
+  assert run(["index", "--workdir", run_dir, "--images", photos, "--out",
+              idx], capsys, training)[0] == 0
+  # What version 1 wrote: no fingerprint, and the step unknown.
+  meta = json.loads((idx / "index.json").read_text())
+  meta["format_version"] = 1
+  meta["model"] = {"workdir": str(run_dir), "step": None}
+  (idx / "index.json").write_text(json.dumps(meta))
+  code, out, _ = run(["info", "--index", idx], capsys)
+  summary = json.loads(out)
+  assert code == 0 and summary["format_version"] == 1
+  assert summary["model"] == {"workdir": str(run_dir), "step": None,
+                              "fingerprint": None}
+  # A query works, with a warning that the model cannot be checked.
+  code, out, err = run(["query", "--index", idx, "--crop",
+                        photos / "scene0.png"], capsys, training)
+  assert code == 0 and json.loads(out)["hits"]
+  assert err.startswith("ps-search: warning: cannot check that ")
+  assert "the index records no fingerprint" in err and "--reembed" in err
+  # Appending could mix models: refused until the index is re-embedded.
+  code, _, err = run(["index", "--workdir", run_dir, "--images", photos,
+                      "--out", idx, "--append"], capsys, training)
+  assert code == 2 and "does not record the fingerprint" in err
+  assert "--reembed" in err
+  code, out, _ = run(["index", "--workdir", run_dir, "--out", idx,
+                      "--reembed"], capsys, training)
+  assert code == 0 and json.loads(out)["model"]["fingerprint"] == FP_A
+  meta = json.loads((idx / "index.json").read_text())
+  assert meta["format_version"] == 2 and meta["model"]["step"] == 3
+
+
+def test_query_box_partly_outside_is_clipped_with_a_warning(photos, tmp_path,
+                                                            capsys):
+  idx = tmp_path / "idx"
+  factory = Factory()
+  assert run(["index", "--workdir", tmp_path / "run", "--images", photos,
+              "--out", idx], capsys, factory)[0] == 0
+  query = tmp_path / "q.png"
+  Image.fromarray(scene((0, 0, 0), TARGET, h=50, w=60)).save(query)
+  code, out, err = run(["query", "--index", idx, "--image", query,
+                        "--box=30,-10,75,50"], capsys, factory)
+  assert code == 0
+  assert err == (f"ps-search: warning: --box for {query}: [30, -10, 75, 50] "
+                 "reaches outside the 60x50 image; clipped to [30, 0, 60, "
+                 "50]\n")
+  result = json.loads(out)
+  assert result["query"]["box"] == [30, 0, 60, 50]
+  assert result["query"]["box_given"] == [30, -10, 75, 50]
+  assert result["hits"][0]["image"] == str(photos / "scene2.png")
+  code, out, err = run(["query", "--index", idx, "--image", query,
+                        "--box", "70,10,90,40"], capsys, factory)
+  assert code == 2 and out == ""
+  assert err == (f"ps-search: error: --box for {query}: [70, 10, 90, 40] is "
+                 "empty inside the 60x50 image (clipped to it: [60, 10, 60, "
+                 "40]; need x1 < x2 and y1 < y2 in pixels)\n")

@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from ps_jax.search import identity
 from ps_jax.search import images as images_lib
 from ps_jax.search import index as index_lib
 
@@ -408,6 +409,13 @@ def test_index_a_tfds_split(tmp_path):
   report = loaded.add_tfds(pred, builder.data_dir, "test")
   assert (report.added, report.unchanged) == (0, 3) and not pred.detected
   assert loaded.summary()["tfds_images"] == 3
+  # Re-embedding reads every record back from the dataset.
+  wider = FakePredictor(6)
+  report = loaded.reembed(wider, save_to=tmp_path / "idx")
+  assert report.reindexed == 3 and len(wider.detected) == 3
+  again = index_lib.GalleryIndex.load(tmp_path / "idx")
+  assert again.embedding_dim == 6
+  assert [e.name for e in again.images] == [e.name for e in index.images]
   with pytest.raises(SearchError, match="no split 'val'"):
     index_lib.GalleryIndex(4).add_tfds(pred, builder.data_dir, "val")
   with pytest.raises(SearchError, match="not a prepared TFDS"):
@@ -465,3 +473,98 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(folder, capsys):
   assert capsys.readouterr().err == ""
   index_lib.GalleryIndex(4).add(FakePredictor(), paths, progress=True)
   assert "indexing" in capsys.readouterr().err
+
+
+class Model(FakePredictor):
+  """A FakePredictor that tells its fingerprint and step; another
+  fingerprint embeds differently (the embedding negated)."""
+
+  def __init__(self, fingerprint, step=None, embedding_dim=4):
+    super().__init__(embedding_dim)
+    self.fingerprint, self.step = fingerprint, step
+
+  def _embed(self, image, box):
+    v = super()._embed(image, box)
+    return -v if self.fingerprint.startswith("b") else v
+
+
+def test_add_checks_the_fingerprint(folder):
+  paths = images_lib.find_images([folder])
+  index = index_lib.GalleryIndex.build(Model("a" * 32, 3), paths[:2],
+                                       model_info={"workdir": "/w"})
+  assert index.model_info == {"workdir": "/w", "step": 3,
+                              "fingerprint": "a" * 32}
+  with pytest.raises(SearchError, match=re.escape(
+      "the index holds embeddings of step 3 of /w (fingerprint aaaaaaaa), "
+      "this model is step 5 of /w (fingerprint bbbbbbbb): embeddings of "
+      "different models do not compare; re-embed the whole index")):
+    index.add(Model("b" * 32, 5), paths, model_info={"workdir": "/w"})
+  assert len(index) == 2
+  # The same weights from a copied run directory compare.
+  index.add(Model("a" * 32, 3), paths[2:3], model_info={"workdir": "/copy"})
+  assert len(index) == 3 and index.model_info["workdir"] == "/copy"
+  with pytest.raises(SearchError, match="this model has no fingerprint"):
+    index.add(FakePredictor(), paths, model_info={"workdir": "/copy"})
+  assert index.check_model({"workdir": "/copy"}, allow_unknown=True) is False
+  # The fingerprint says which part differs, when the predictor tells it.
+  index.model_info["variables_fingerprint"] = "v" * 32
+  with pytest.raises(SearchError, match=r"\(same weights, other system"):
+    index.check_model({"fingerprint": "c" * 32,
+                       "variables_fingerprint": "v" * 32})
+
+
+def test_reembed_replaces_everything_or_nothing(folder, tmp_path):
+  paths = images_lib.find_images([folder])
+  out = tmp_path / "idx"
+  index = index_lib.GalleryIndex.build(Model("a" * 32, 3), paths,
+                                       model_info={"workdir": "/w"})
+  index.save(out)
+  before = (out / "index.json").read_text()
+  os.remove(paths[1])
+  with pytest.raises(SearchError, match="img1.png: cannot read file"):
+    index.reembed(Model("b" * 32, 5), on_error="raise", save_to=out)
+  assert index.model_info["step"] == 3 and len(index) == 5
+  assert (out / "index.json").read_text() == before
+
+  new = Model("b" * 32, 5, embedding_dim=6)
+  report = index.reembed(new, model_info={"workdir": "/w"}, save_to=out)
+  assert (report.reindexed, report.added) == (4, 0)
+  assert [n for n, _ in report.failed] == [paths[1]]
+  loaded = index_lib.GalleryIndex.load(out)
+  assert loaded.model_info == {"workdir": "/w", "step": 5,
+                               "fingerprint": "b" * 32}
+  assert loaded.embedding_dim == 6
+  assert [e.path for e in loaded.images] == [p for p in paths if p != paths[1]]
+  for i, e in enumerate(loaded.images):
+    np.testing.assert_array_equal(
+        loaded.detections_of(i)["embeddings"],
+        new.detect([images_lib.read_image(e.path)])[0]["embeddings"])
+  for p in paths:
+    if os.path.exists(p):
+      os.remove(p)
+  with pytest.raises(SearchError, match="no image of the index could be "
+                     "re-embedded"):
+    loaded.reembed(new)
+  assert len(loaded) == 4
+
+
+def test_version_1_index_loads_with_its_model_unknown(folder, tmp_path):
+  out = tmp_path / "idx"
+  index_lib.GalleryIndex.build(Model("a" * 32, 3),
+                               images_lib.find_images([folder])).save(out)
+  meta = json.loads((out / "index.json").read_text())
+  meta["format_version"] = 1
+  meta["model"] = {"workdir": "/w", "step": None, "fingerprint": "x"}
+  (out / "index.json").write_text(json.dumps(meta))
+  index = index_lib.GalleryIndex.load(out)
+  assert index.format_version == 1 and index.model_info == {
+      "workdir": "/w", "step": None}
+  assert index.summary()["model"]["fingerprint"] is None
+  assert index.check_model(identity.model_identity(Model("a" * 32)),
+                           allow_unknown=True) is False
+  with pytest.raises(SearchError, match="does not record the fingerprint"):
+    index.add(Model("a" * 32, 3), [], model_info={"workdir": "/w"})
+  index.reembed(Model("a" * 32, 3), save_to=out)
+  meta = json.loads((out / "index.json").read_text())
+  assert meta["format_version"] == 2
+  assert meta["model"]["fingerprint"] == "a" * 32
