@@ -45,10 +45,15 @@ def load_predictor(workdir: str, step: int | None) -> index_lib.Predictor:
     raise SearchError(f"--workdir {workdir}: no such directory (the training "
                       "run's --workdir, holding ckpt/)")
   # pylint: disable=g-import-not-at-top
+  from ps_jax import checkpoint
   from ps_jax import experiment
   from ps_jax.eval import predict
   # pylint: enable=g-import-not-at-top
-  exp, variables, step = experiment.restore(workdir, step)
+  try:
+    exp, variables, step = experiment.restore(workdir, step)
+  except checkpoint.CheckpointError as e:
+    # A damaged checkpoint is the user's to fix, not a crash: one line.
+    raise SearchError(" ".join(str(e).split())) from e
   return predict.Predictor(exp.system, variables, exp.data, step=step)
 
 

@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from ps_jax import checkpoint
+from ps_jax import experiment
 from ps_jax.search import cli
 from ps_jax.search import images as images_lib
 from ps_jax.search import index as index_lib
@@ -275,6 +277,20 @@ def test_missing_workdir_and_checkpoint_are_user_errors(photos, tmp_path,
                       photos, "--out", tmp_path / "idx"], capsys,
                      no_checkpoint)
   assert code == 2 and "no checkpoint in" in err
+
+
+def test_damaged_checkpoint_is_a_user_error(photos, tmp_path, capsys,
+                                            monkeypatch):
+
+  def damaged(workdir, step):
+    raise checkpoint.CheckpointError(f"step {step} of {workdir}:\n  bad")
+
+  monkeypatch.setattr(experiment, "restore", damaged)
+  code, out, err = run(["index", "--workdir", tmp_path / "run", "--images",
+                        photos, "--out", tmp_path / "idx", "--step", "4"],
+                       capsys)
+  assert code == 2 and out == ""
+  assert err == f"ps-search: error: step 4 of {tmp_path / 'run'}: bad\n"
 
 
 def test_help_explains_every_option(capsys):
