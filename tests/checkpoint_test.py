@@ -10,6 +10,7 @@ moved aside, the run goes on from step 2 and ends with the same state as
 the undamaged run.
 """
 
+import json
 import logging
 import pathlib
 import shutil
@@ -22,6 +23,7 @@ import pytest
 from configs import synthetic_tiny
 from ps_jax import checkpoint
 from ps_jax import experiment
+from ps_jax.train import config_check
 from ps_jax.train import loop
 
 NUM_STEPS = 4
@@ -181,3 +183,19 @@ def test_restore_variables_of_a_damaged_given_step_moves_nothing(workdir):
                            r"config: KeyError"):
     checkpoint.restore_variables(workdir, step=4)
   assert _steps(workdir) == [2, 4]
+
+
+def test_the_config_of_the_step_restored_is_the_one_checked(workdir,
+                                                            toy_experiment):
+  # Step 2 was made with another learning rate (a resume allowed to change
+  # it); step 4, made with this run's, is damaged: the resume from step 2
+  # must be refused like any other recipe change.
+  config_file = workdir / "ckpt" / "2" / "config" / "metadata"
+  saved = json.loads(config_file.read_text())
+  saved["optim"]["lr"] = 0.5
+  config_file.write_text(json.dumps(saved))
+  DAMAGES["state _METADATA garbled"](workdir / "ckpt" / "4")
+  with pytest.raises(config_check.ConfigChangeError,
+                     match=r"at step 2 .*\n.*\n  the checkpoint was made "
+                           r"with optim.lr=0.5; this run has 0.01"):
+    loop.train_and_evaluate(toy_experiment, str(workdir))

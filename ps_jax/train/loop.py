@@ -5,8 +5,14 @@ evaluation. It knows the system only through the contract
 (`ps_jax.systems.base`). Resume order: the latest checkpoint in `workdir` if
 there is one (state, the system's extra state and the data iterator position
 all come back), else `experiment.init_from` (pretrained weights), else a
-fresh state initialised from the run's seed. A damaged latest checkpoint is
-moved aside and the one before restored (`ps_jax.checkpoint`).
+fresh state initialised from the run's seed.
+
+A damaged latest checkpoint is moved aside and the one before restored
+(`ps_jax.checkpoint`). Before anything is built or compiled, a resumed run's
+config is compared with the config of the checkpoint it resumes from
+(`ps_jax.train.config_check`: model changes are refused, recipe changes need
+`allow_config_change`), and every run writes its config to
+`<workdir>/config.json`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ps_jax import checkpoint
 from ps_jax import mesh as mesh_lib
 from ps_jax.data import pipeline
 from ps_jax.eval import run as eval_run
+from ps_jax.train import config_check
 from ps_jax.train import state as state_lib
 from ps_jax.train import step as step_lib
 
@@ -78,8 +85,22 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _check_config(exp: Any, mngr: Any, step: int, saved: dict[str, Any],
+                  allow_change: bool) -> list[config_check.Change]:
+  """config_check.check against a checkpoint's config; closes `mngr` when
+  the resume is refused."""
+  try:
+    return config_check.check(saved, exp.config, step=step,
+                              where=str(mngr.directory),
+                              allow_change=allow_change)
+  except config_check.ConfigChangeError:
+    mngr.close()
+    raise
+
+
 def train_and_evaluate(experiment: Any, workdir: str, *,
-                       stop_after: int | None = None) -> dict[str, Any]:
+                       stop_after: int | None = None,
+                       allow_config_change: bool = False) -> dict[str, Any]:
   """Train `experiment` in `workdir`, resuming from its latest checkpoint.
 
   Args:
@@ -89,9 +110,14 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
       results go here.
     stop_after: stop (after saving a checkpoint) once this many steps have
       run in total, as if the process had been killed; for resume tests.
+    allow_config_change: resume even though the recipe (optimizer, run
+      length and cadence, evaluation, ...) differs from the checkpoint's;
+      the changes are logged and appended to `config_changes.jsonl`.
   Returns:
     {"step": final step, "metrics": last logged scalars, "eval": results}.
   Raises:
+    config_check.ConfigChangeError: the config differs from the checkpoint's
+      in what a resume may not change (before anything is compiled).
     checkpoint.CheckpointError: the workdir has checkpoints and none loads.
     NonFiniteLossError: the loss became NaN or infinite.
   """
@@ -100,6 +126,14 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
   exp, run = experiment, experiment.run
   mesh_lib.maybe_initialize_distributed()
   mesh = mesh_lib.make_mesh()
+  is_chief = jax.process_index() == 0
+
+  # A resume that its config refuses stops here, before any compilation.
+  mngr = checkpoint.manager(workdir, max_to_keep=run.max_to_keep)
+  latest = checkpoint.latest_config(mngr)
+  changes = []
+  if latest is not None:
+    changes = _check_config(exp, mngr, *latest, allow_config_change)
 
   # Data: each process reads its own shard; the global batch is assembled on
   # the mesh. The per-process batch must split evenly over local devices.
@@ -115,15 +149,24 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
 
   state, tx, schedule = step_lib.init_state(
       exp.system, exp.optim, run.seed, exp.data.train_scales[0], mesh)
-  mngr = checkpoint.manager(workdir, max_to_keep=run.max_to_keep)
   try:
     restored = checkpoint.restore_latest(mngr, state, data_iter)
   except checkpoint.CheckpointError:
     mngr.close()
     raise
   if restored is not None:
+    if latest is None or restored.step != latest[0]:
+      # The checkpoint checked above was damaged: check the one restored.
+      changes = _check_config(exp, mngr, restored.step, restored.config,
+                              allow_config_change)
     logging.info("Resumed from %s at step %d", mngr.directory, restored.step)
     state = restored.state
+    if changes:
+      logging.warning(
+          "Resuming at step %d with a changed recipe (allow_config_change):"
+          " %s", restored.step, "; ".join(c.describe() for c in changes))
+      if is_chief:
+        config_check.record_changes(workdir, restored.step, changes)
   elif exp.init_from:
     variables = exp.system.init_from(
         state_lib.variables_of(state), exp.init_from,
@@ -131,6 +174,9 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
     state = state.replace(
         params=variables["params"],
         model_state={k: v for k, v in variables.items() if k != "params"})
+
+  if is_chief:
+    config_check.write_config(workdir, exp.config)
 
   step_fn = step_lib.make_train_step(exp.system, tx, schedule, mesh,
                                      seed=run.seed)
