@@ -18,11 +18,9 @@ On disk an index is a directory (no pickle anywhere):
 M counts the detections of all images; the detections of image i are the
 rows [offset_i, offset_i + count_i), images in `index.json` order.
 
-Atomic saves: each save writes a new generation <gen> of array files under
-temporary names, renames them, then replaces `index.json` in one
-`os.replace`. A writer that dies at any point leaves the previous
-`index.json` and the arrays it names untouched; stale files are removed by
-the next successful save. One writer at a time per directory.
+Saves are atomic and reads are checked (`ps_jax.search.storage`): a writer
+that dies at any point leaves the previous index untouched. One writer at a
+time per directory.
 
 Images are identified by their absolute path plus modification time and size
 (files), or by builder directory, split and record number (TFDS), so `add`
@@ -38,9 +36,7 @@ unknown.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import pathlib
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -51,16 +47,14 @@ import tqdm
 
 from ps_jax.search import identity
 from ps_jax.search import images as images_lib
+from ps_jax.search import storage
 from ps_jax.search.images import SearchError
 from ps_jax.search.images import read_image
 
-FORMAT_NAME = "ps_jax.search.GalleryIndex"
-# 2: the model's fingerprint is recorded and checked; readers of version 1
-# would ignore it and mix models.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-INDEX_FILE = "index.json"
-ARRAY_NAMES = ("boxes", "scores", "embeddings", "image_of_det")
+FORMAT_NAME = storage.FORMAT_NAME
+FORMAT_VERSION = storage.FORMAT_VERSION
+INDEX_FILE = storage.INDEX_FILE
+ARRAY_NAMES = storage.ARRAY_NAMES
 ON_ERROR = ("skip", "raise")
 # One image's detections: boxes f32[n, 4], scores f32[n], embeddings f32[n, D].
 _Dets = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -604,68 +598,19 @@ class GalleryIndex:
 
   def save(self, directory: str | os.PathLike[str]) -> None:
     """Writes the index to `directory` atomically (see the module doc)."""
-    d = pathlib.Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    index_path = d / INDEX_FILE
-    gen = 1
-    if index_path.exists():
-      try:
-        old = json.loads(index_path.read_text())
-        if old.get("format") != FORMAT_NAME:
-          raise ValueError(f"format {old.get('format')!r}")
-        gen = int(old["generation"]) + 1
-      except (ValueError, AttributeError, KeyError, TypeError) as e:
-        raise SearchError(f"{index_path}: exists but is not a gallery index "
-                          f"({e}); refusing to overwrite it") from e
-    arrays = {"boxes": self.boxes, "scores": self.scores,
-              "embeddings": self.embeddings,
-              "image_of_det": self.image_of_det}
-    files = {k: f"{k}.{gen:06d}.npy" for k in ARRAY_NAMES}
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "generation": gen,
+    storage.write(directory, {
         "embedding_dim": self.embedding_dim,
         "model": self.model_info,
         "num_images": len(self.images),
         "num_detections": self.num_detections,
-        "arrays": files,
         "images": [e.to_json() for e in self.images],
-    }
-    tmp_suffix = f".tmp{os.getpid()}"
-    written = []
-    try:
-      for k in ARRAY_NAMES:
-        tmp = d / (files[k] + tmp_suffix)
-        written.append(tmp)
-        with open(tmp, "wb") as f:
-          np.save(f, arrays[k], allow_pickle=False)
-          f.flush()
-          os.fsync(f.fileno())
-        os.replace(tmp, d / files[k])
-        written.append(d / files[k])
-      tmp = d / (INDEX_FILE + tmp_suffix)
-      written.append(tmp)
-      with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, index_path)  # the commit point
-    except BaseException:
-      for p in written:
-        p.unlink(missing_ok=True)
-      raise
-    # The new index is committed; what it does not name is stale.
-    for p in d.iterdir():
-      stale_array = p.suffix == ".npy" and p.name not in files.values() and (
-          p.name.split(".", 1)[0] in ARRAY_NAMES)
-      if stale_array or ".tmp" in p.suffix:
-        p.unlink(missing_ok=True)
+    }, {"boxes": self.boxes, "scores": self.scores,
+        "embeddings": self.embeddings, "image_of_det": self.image_of_det})
 
   @classmethod
   def exists(cls, directory: str | os.PathLike[str]) -> bool:
     """Whether `directory` holds a (committed) index."""
-    return (pathlib.Path(directory) / INDEX_FILE).is_file()
+    return storage.exists(directory)
 
   @classmethod
   def load(cls, directory: str | os.PathLike[str],
@@ -678,25 +623,8 @@ class GalleryIndex:
     Raises:
       SearchError naming the file if the index is missing or inconsistent.
     """
-    d = pathlib.Path(directory)
-    index_path = d / INDEX_FILE
-    if not d.is_dir():
-      raise SearchError(f"{d}: no such index directory")
-    if not index_path.is_file():
-      raise SearchError(f"{d}: no {INDEX_FILE}, so not a gallery index (or "
-                        "its first save was interrupted)")
-    try:
-      meta = json.loads(index_path.read_text())
-    except ValueError as e:
-      raise SearchError(f"{index_path}: not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-      raise SearchError(f"{index_path}: not a {FORMAT_NAME} file")
-    version = meta.get("format_version")
-    if version not in READABLE_VERSIONS:
-      raise SearchError(
-          f"{index_path}: format version {version}, this ps_jax reads "
-          f"versions {', '.join(map(str, READABLE_VERSIONS))}; rebuild the "
-          "index")
+    meta, arrays, index_path = storage.read(directory, mmap=mmap)
+    version = meta["format_version"]
     model = dict(meta.get("model") or {})
     if version == 1:
       # Version 1 recorded no fingerprint; nothing in it identifies the
@@ -707,27 +635,11 @@ class GalleryIndex:
     index.format_version = int(version)
     index.images = [ImageEntry.from_json(e, str(index_path))
                     for e in meta["images"]]
-    arrays = {}
-    for k in ARRAY_NAMES:
-      p = d / meta["arrays"][k]
-      try:
-        arrays[k] = np.load(p, mmap_mode="r" if mmap else None,
-                            allow_pickle=False)
-      except (OSError, ValueError) as e:
-        raise SearchError(f"{p}: cannot read index array ({e})") from e
-    m, dim = int(meta["num_detections"]), index.embedding_dim
-    expected = {"boxes": ((m, 4), np.float32), "scores": ((m,), np.float32),
-                "embeddings": ((m, dim), np.float32),
-                "image_of_det": ((m,), np.int32)}
-    for k, (shape, dtype) in expected.items():
-      if arrays[k].shape != shape or arrays[k].dtype != dtype:
-        raise SearchError(
-            f"{d / meta['arrays'][k]}: {arrays[k].dtype}{list(arrays[k].shape)}"
-            f", expected {np.dtype(dtype)}{list(shape)}")
-      setattr(index, k, arrays[k])
+    for k, v in arrays.items():
+      setattr(index, k, v)
     counts = np.asarray([e.count for e in index.images], np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    if (counts.sum() != m or
+    if (counts.sum() != index.num_detections or
         not np.array_equal(offsets, [e.offset for e in index.images]) or
         not np.array_equal(index.image_of_det, np.repeat(
             np.arange(len(counts)), counts))):
