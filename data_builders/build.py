@@ -7,11 +7,18 @@ built with `download_and_prepare` through this module, from Python
   python -m data_builders build synthetic_person_search --config tiny \\
       --data_dir /tmp/tfds
   python -m data_builders build cuhk_sysu --manual_dir /data/cuhk_sysu
+  python -m data_builders build synthetic_person_search --config tiny \\
+      --data_dir /tmp/tfds --overwrite     # delete it and build it again
   python -m data_builders list
 
 Data directory: `data_dir` if given, else the environment variable
 PS_JAX_DATA_DIR, else the TFDS default (TFDS_DATA_DIR or
 ~/tensorflow_datasets). A dataset lands in <data_dir>/<name>/<config>/<version>.
+
+A built dataset that cannot be read (unreadable dataset_info.json or
+metadata.json; a missing, truncated or corrupt record file, found by
+`ps_jax.data.pipeline.data_source`) raises `DataError` naming the file and
+the command that rebuilds it (`--overwrite`).
 
 Adding a builder: put it in data_builders/<name>/<name>_dataset_builder.py
 (TFDS folder layout) and add one line to BUILDERS. The value is the builder
@@ -24,12 +31,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
+import pathlib
+import shutil
 import sys
 from collections.abc import Sequence
 
 from absl import logging
 import tensorflow_datasets as tfds
+
+from data_builders import raw_io
+from ps_jax.data.pipeline import DataError
+from ps_jax.data.pipeline import rebuild_command
 
 DATA_DIR_ENV = "PS_JAX_DATA_DIR"
 FILE_FORMAT = "array_record"
@@ -61,19 +75,74 @@ def default_data_dir() -> str | None:
   return os.environ.get(DATA_DIR_ENV) or None
 
 
+def _config_name(cls: type[tfds.core.DatasetBuilder],
+                 config: str | tfds.core.BuilderConfig | None) -> str | None:
+  if config is not None:
+    return getattr(config, "name", config)
+  configs = cls.BUILDER_CONFIGS or []
+  default = getattr(cls, "DEFAULT_BUILDER_CONFIG_NAME", None)
+  return default or (configs[0].name if configs else None)
+
+
+def variant_dir(name: str,
+                config: str | tfds.core.BuilderConfig | None = None,
+                data_dir: str | os.PathLike[str] | None = None
+                ) -> pathlib.Path:
+  """<data_dir>/<name>[/<config>]/<version>, where the dataset is (or will
+  be) built; found without reading any of its files."""
+  cls = builder_class(name)
+  root = default_data_dir() if data_dir is None else os.fspath(data_dir)
+  path = pathlib.Path(os.path.expanduser(root or tfds.core.constants.DATA_DIR))
+  path /= cls.name
+  config_name = _config_name(cls, config)
+  if config_name:
+    path /= config_name
+  return path / str(cls.VERSION)
+
+
+def _unreadable(path: pathlib.Path, error: Exception) -> str:
+  """Which of a built dataset's metadata files is damaged, and how."""
+  for file in ("dataset_info.json", "metadata.json", "features.json"):
+    try:
+      if not isinstance(json.loads((path / file).read_text()), dict):
+        return f"{path / file} is not a JSON object"
+    except FileNotFoundError:
+      continue
+    except (OSError, ValueError) as e:
+      return f"{path / file} cannot be read ({e})"
+  return (f"{path / 'dataset_info.json'} does not describe this dataset "
+          f"({type(error).__name__}: {error})")
+
+
 def _builder(name: str, config: str | tfds.core.BuilderConfig | None,
              data_dir: str | os.PathLike[str] | None
              ) -> tfds.core.DatasetBuilder:
   data_dir = default_data_dir() if data_dir is None else os.fspath(data_dir)
-  return builder_class(name)(config=config, data_dir=data_dir,
-                             file_format=FILE_FORMAT)
+  cls = builder_class(name)
+  try:
+    builder = cls(config=config, data_dir=data_dir, file_format=FILE_FORMAT)
+    if builder.is_prepared():
+      builder.info.metadata  # pylint: disable=pointless-statement
+    return builder
+  except Exception as e:  # pylint: disable=broad-except
+    # TFDS reads a built dataset's metadata files here (metadata.json on
+    # first use): an error is a damaged dataset, not a bug.
+    path = variant_dir(name, config, data_dir)
+    if not (path / "dataset_info.json").exists():
+      raise
+    config_name = _config_name(cls, config)
+    command = rebuild_command(
+        name, config_name, path.parents[2 if config_name else 1],
+        manual=bool(getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)))
+    raise DataError(f"{_unreadable(path, e)}; rebuild the dataset: "
+                    f"{command}") from e
 
 
 def build_dataset(name: str,
                   config: str | tfds.core.BuilderConfig | None = None,
                   data_dir: str | os.PathLike[str] | None = None,
-                  manual_dir: str | os.PathLike[str] | None = None
-                  ) -> tfds.core.DatasetBuilder:
+                  manual_dir: str | os.PathLike[str] | None = None, *,
+                  overwrite: bool = False) -> tfds.core.DatasetBuilder:
   """Builds (or reuses, if already built) a dataset; returns its builder.
 
   Args:
@@ -83,13 +152,39 @@ def build_dataset(name: str,
     data_dir: where datasets live; see the module docstring for the default.
     manual_dir: the folder holding a manually downloaded dataset (real
       datasets); unused by generated ones.
+    overwrite: delete the built dataset first (a damaged one) and build it
+      again.
+  Raises:
+    DataError: a damaged built dataset, a dataset that needs a manual
+      download without one, or a manual download that is not the official
+      release.
   """
+  if overwrite:
+    path = variant_dir(name, config, data_dir)
+    if path.is_dir():
+      logging.warning("Deleting %s to build it again", path)
+      shutil.rmtree(path)
   builder = _builder(name, config, data_dir)
+  if builder.is_prepared():
+    return builder
+  if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and not (
+      manual_dir and os.path.isdir(manual_dir)):
+    given = f"{os.fspath(manual_dir)} is not a folder" if manual_dir else (
+        "none given")
+    raise DataError(
+        f"dataset {name} is not built in {builder.data_dir}, and it is built "
+        f"from its official download: pass the folder holding it as the "
+        f"manual_dir ({given}): --config.dataset.manual_dir=DIR for "
+        f"train.py, or python -m data_builders build {name} --manual_dir "
+        f"DIR; data_builders/{name}/README.md says how to get it")
   download_config = tfds.download.DownloadConfig(
       manual_dir=None if manual_dir is None else os.fspath(manual_dir))
   logging.info("Building %s/%s into %s", name, builder.builder_config.name
                if builder.builder_config else "", builder.data_dir)
-  builder.download_and_prepare(download_config=download_config)
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except (raw_io.RawFileMissingError, raw_io.RawFormatError) as e:
+    raise DataError(f"building {name} from {manual_dir}: {e}") from e
   return builder
 
 
@@ -100,12 +195,12 @@ def load_builder(name: str,
                  ) -> tfds.core.DatasetBuilder:
   """A prepared builder of the dataset, built first if it is missing.
 
-  Read it with `builder.as_data_source(split)`; dataset facts are in
-  `builder.info.metadata` (e.g. "num_train_ids").
+  Read it with `ps_jax.data.pipeline.data_source(builder, split)`; dataset
+  facts are in `builder.info.metadata` (e.g. "num_train_ids").
+
+  Raises:
+    DataError: see `build_dataset`.
   """
-  builder = _builder(name, config, data_dir)
-  if builder.is_prepared():
-    return builder
   return build_dataset(name, config, data_dir, manual_dir)
 
 
@@ -134,6 +229,10 @@ def _parser() -> argparse.ArgumentParser:
                       "default)")
   b.add_argument("--manual_dir", default=None,
                  help="folder with the manually downloaded raw dataset")
+  b.add_argument("--overwrite", action="store_true",
+                 help="delete the built dataset first and build it again "
+                      "(for a damaged one: a missing, truncated or corrupt "
+                      "file)")
   sub.add_parser("list", help="list the datasets and their configs")
   return p
 
@@ -152,8 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       configs = [c.name for c in (cls.BUILDER_CONFIGS or [])]
       print(f"{name}: configs {configs or ['(none)']}")
     return 0
-  builder = build_dataset(args.name, args.config, args.data_dir,
-                          args.manual_dir)
+  try:
+    builder = build_dataset(args.name, args.config, args.data_dir,
+                            args.manual_dir, overwrite=args.overwrite)
+  except DataError as e:
+    print(f"python -m data_builders: error: {e}", file=sys.stderr)
+    return 1
   splits = {k: v.num_examples for k, v in builder.info.splits.items()}
   print(f"{args.name}: built in {builder.data_dir}\n  splits {splits}\n"
         f"  metadata keys {sorted(builder.info.metadata or {})}")

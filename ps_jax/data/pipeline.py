@@ -45,10 +45,13 @@ processes (Grain `mp_prefetch`). Grain reads its absl flags to set up those
 workers, and absl raises on reading a flag before the flags are parsed: outside
 `absl.app.run`, call `flags.FLAGS.mark_as_parsed()` before the first batch.
 
-Bad input: a record whose image cannot be decoded or that has more people
-than `max_boxes` raises ValueError naming the image_id (and the setting);
-degenerate boxes are dropped (and logged with the image id); an image without
-people is kept with all `boxes_valid` False. To have the image id in decode
+Bad input: a split file that is missing, truncated or corrupt raises
+DataError naming the file and the command that rebuilds the dataset (when
+`data_source` opens the split, or when the record is read); a record whose
+image cannot be decoded or that has more people than `max_boxes` raises
+ValueError naming the image_id (and the setting); degenerate boxes are
+dropped (and logged with the image id); an image without people is kept
+with all `boxes_valid` False. To have the image id in decode
 errors, open TFDS sources with `data_source()`, which leaves the JPEG
 undecoded for this module to decode (TFDS would otherwise fail inside its own
 decoder, before the image id is known).
@@ -58,6 +61,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import pathlib
+import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -83,7 +89,8 @@ class PipelineConfig:
       section's `batch_size` is global; the train loop passes
       `batch_size=global // process_count` as an override.)
     train_scales: (H, W) buckets for training, pixels; one drawn per batch.
-    test_scale: the (H, W) bucket for evaluation.
+      Also one (H, W) pair or a string "HxW,HxW" (`parse_scales`).
+    test_scale: the (H, W) bucket for evaluation (or "HxW").
     max_boxes: N, padded boxes per image.
     eval_batch_size: examples per evaluation batch in this process; 0 means
       `batch_size`.
@@ -112,24 +119,21 @@ class PipelineConfig:
   prefetch: int = 2
 
   def __post_init__(self):
-    scales = tuple(_hw_pair(s, "train_scales") for s in self.train_scales)
-    if not scales:
-      raise ValueError("train_scales is empty; expected at least one (H, W)")
-    object.__setattr__(self, "train_scales", scales)
+    object.__setattr__(self, "train_scales", parse_scales(self.train_scales))
     object.__setattr__(self, "test_scale",
-                       _hw_pair(self.test_scale, "test_scale"))
+                       _hw_pair(self.test_scale, "data.test_scale"))
     for name in ("batch_size", "max_boxes", "size_divisor", "num_threads",
                  "prefetch"):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")
+      _require_int(name, getattr(self, name), 1)
     for name in ("eval_batch_size", "num_workers"):
-      if int(getattr(self, name)) < 0:
-        raise ValueError(f"{name}={getattr(self, name)}; expected >= 0")
-    if not 0.0 <= self.flip_prob <= 1.0:
-      raise ValueError(f"flip_prob={self.flip_prob}; expected in [0, 1]")
-    if self.normalization not in augment.NORMALIZATIONS:
-      raise ValueError(f"normalization={self.normalization!r}; expected one "
-                       f"of {augment.NORMALIZATIONS}")
+      _require_int(name, getattr(self, name), 0)
+    _require_int("shuffle_seed", self.shuffle_seed, None)
+    _require(_is_number(self.flip_prob) and 0.0 <= self.flip_prob <= 1.0,
+             "flip_prob", self.flip_prob, "a number in [0, 1]")
+    _require(_is_number(self.min_box_size) and self.min_box_size >= 0,
+             "min_box_size", self.min_box_size, "a number >= 0")
+    _require(self.normalization in augment.NORMALIZATIONS, "normalization",
+             self.normalization, f"one of {augment.NORMALIZATIONS}")
 
   @classmethod
   def from_config(cls, cfg: "PipelineConfig | Mapping[str, Any]",
@@ -156,25 +160,183 @@ class PipelineConfig:
     return self.eval_batch_size or self.batch_size
 
 
+def _require(ok: bool, name: str, value: Any, expected: str) -> None:
+  if not ok:
+    raise ValueError(f"data.{name}={value!r}; expected {expected}")
+
+
+def _is_number(value: Any) -> bool:
+  return (isinstance(value, (int, float, np.integer, np.floating))
+          and not isinstance(value, bool) and bool(np.isfinite(value)))
+
+
+def _require_int(name: str, value: Any, low: int | None) -> None:
+  ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+  if low is None:
+    _require(ok, name, value, "an integer")
+  else:
+    _require(ok and value >= low, name, value, f"an integer >= {low}")
+
+
 def _hw_pair(value: Any, name: str) -> tuple[int, int]:
+  """(H, W) from a pair of positive integers or a string "HxW"."""
+  if isinstance(value, str):
+    value = value.lower().split("x")
   try:
     h, w = (int(v) for v in value)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"{name}: {value!r} is not an (H, W) pair") from e
-  if h < 1 or w < 1:
-    raise ValueError(f"{name}: {value!r} has a non-positive side")
+    ok = all(float(v) == int(v) for v in value) and h >= 1 and w >= 1
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise ValueError(f"{name}={value!r}; expected an image size (H, W) or "
+                     "'HxW' of positive integers, e.g. '320x320'")
   return h, w
+
+
+def parse_scales(value: Any) -> tuple[tuple[int, int], ...]:
+  """Training scale buckets from a config value.
+
+  Accepts a sequence of (H, W) pairs, a single (H, W) pair, or a string of
+  comma-separated "HxW" sizes ("256x256,320x320"), the form the command
+  line takes.
+
+  Raises:
+    ValueError: no bucket, or one that is not two positive integers.
+  """
+  if isinstance(value, str):
+    value = [v for v in value.replace(" ", "").split(",") if v]
+  elif (isinstance(value, Sequence) and len(value) == 2
+        and all(_is_number(v) for v in value)):
+    value = [value]  # one bucket, e.g. from --config.data.train_scales=96x96
+  if not isinstance(value, Sequence) or not value:
+    raise ValueError(f"data.train_scales={value!r}; expected at least one "
+                     "image size (H, W), e.g. '256x256,320x320'")
+  return tuple(_hw_pair(s, "data.train_scales") for s in value)
+
+
+class DataError(ValueError):
+  """The dataset on disk cannot be read: a missing, truncated or corrupt
+  file, or unreadable metadata. The message names the file and the command
+  that rebuilds the dataset."""
+
+
+def rebuild_command(name: str, config: str | None = None,
+                    data_dir: str | os.PathLike[str] | None = None,
+                    manual: bool = False) -> str:
+  """The command line that deletes a built dataset and builds it again."""
+  parts = ["python -m data_builders build", shlex.quote(name)]
+  if config:
+    parts += ["--config", shlex.quote(config)]
+  if data_dir:
+    parts += ["--data_dir", shlex.quote(os.fspath(data_dir))]
+  if manual:
+    parts.append("--manual_dir <the official download>")
+  return " ".join(parts + ["--overwrite"])
+
+
+def builder_rebuild_command(builder: Any) -> str:
+  """`rebuild_command` of a built dataset's TFDS builder."""
+  config = getattr(getattr(builder, "builder_config", None), "name", None)
+  data_dir = getattr(builder, "data_dir", None)
+  # data_dir is <root>/<name>[/<config>]/<version>.
+  root = (pathlib.Path(os.fspath(data_dir)).parents[2 if config else 1]
+          if data_dir else None)
+  manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
+  return rebuild_command(builder.name, config, root, manual)
+
+
+def _split_files(builder: Any, split: str) -> list[tuple[str, int, int]]:
+  """(file, records skipped, records read) of a split, in record order."""
+  splits = builder.info.splits
+  if split not in splits:
+    raise DataError(
+        f"dataset {builder.name} in {builder.data_dir} has no {split!r} "
+        f"split (its dataset_info.json lists {sorted(splits)}); rebuild it: "
+        f"{builder_rebuild_command(builder)}")
+  return [(os.fspath(f.filename), int(f.skip), int(f.take))
+          for f in splits[split].file_instructions]
+
+
+def _check_shard(path: str, builder: Any, records: int) -> None:
+  """DataError naming `path` if it is missing, truncated or not a record
+  file; reads only the file's footer and index."""
+  problem = None
+  if not os.path.isfile(path):
+    problem = "is missing"
+  elif getattr(builder.info.file_format, "value", None) == "array_record":
+    # pylint: disable-next=g-import-not-at-top
+    from array_record.python import array_record_module
+    try:
+      reader = array_record_module.ArrayRecordReader(
+          path, options="readahead_buffer_size:0")
+      try:
+        if not reader.ok():
+          problem = "is truncated or not an ArrayRecord file"
+        elif reader.num_records() < records:
+          problem = (f"holds {reader.num_records()} records, fewer than the "
+                     f"{records} the dataset's metadata says")
+      finally:
+        reader.close()  # raises the reader's error if it is not ok
+    except Exception as e:  # pylint: disable=broad-except
+      problem = problem or f"is truncated or corrupt ({e})"
+  if problem:
+    raise DataError(f"{path} {problem}; rebuild the dataset: "
+                    f"{builder_rebuild_command(builder)}")
+
+
+class _CheckedSource(Sequence):
+  """A TFDS data source whose read errors name the file and the fix.
+
+  Picklable (for Grain's worker processes) when the wrapped source is.
+  """
+
+  def __init__(self, source: Any, files: list[tuple[str, int, int]],
+               split: str, rebuild: str):
+    self._source = source
+    self._files = files
+    self._ends = np.cumsum([take for _, _, take in files])
+    self._split = split
+    self._rebuild = rebuild
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, record: int) -> Mapping[str, Any]:
+    if not 0 <= record < len(self):
+      raise IndexError(f"record {record} of the {self._split!r} split: "
+                       f"expected 0..{len(self) - 1}")
+    try:
+      return self._source[record]
+    except Exception as e:  # the record file's error, without its name
+      path = self._files[int(np.searchsorted(self._ends, record,
+                                             side="right"))][0]
+      raise DataError(
+          f"{path}: record {record} of the {self._split!r} split cannot be "
+          f"read ({type(e).__name__}: {e}); the file is truncated or "
+          f"corrupt: rebuild the dataset: {self._rebuild}") from e
 
 
 def data_source(builder: Any, split: str) -> Sequence[Mapping[str, Any]]:
   """A TFDS builder's random-access source for `split`, JPEGs undecoded.
 
   The pipeline decodes the image itself (and names the image id if that
-  fails); records are otherwise as TFDS returns them.
+  fails); records are otherwise as TFDS returns them. The split's files are
+  checked first (present, complete, as many records as the metadata says),
+  and a record that cannot be read later raises a DataError too: both name
+  the file and the command that rebuilds the dataset.
+
+  Raises:
+    DataError: the split is missing or one of its files is missing,
+      truncated or corrupt.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return builder.as_data_source(
+  files = _split_files(builder, split)
+  for path, skip, take in files:
+    _check_shard(path, builder, skip + take)
+  source = builder.as_data_source(
       split, decoders={"image": tfds.decode.SkipDecoding()})
+  return _CheckedSource(source, files, split,
+                        builder_rebuild_command(builder))
 
 
 def bucket_index(seed: int, batch_index: int, num_buckets: int) -> int:
@@ -189,6 +351,8 @@ def bucket_index(seed: int, batch_index: int, num_buckets: int) -> int:
 def _read(source: Sequence[Mapping[str, Any]], record: int) -> Mapping:
   try:
     return source[record]
+  except DataError:
+    raise  # names its file already
   except Exception as e:  # the source's own error, with where it happened
     raise ValueError(f"record {record} of the data source could not be read "
                      f"({type(e).__name__}: {e})") from e

@@ -7,6 +7,9 @@ returns scene records (schema.py): `persons.bbox` a list of (4,) arrays,
 """
 
 import io
+import os
+import re
+import shutil
 
 import grain
 import numpy as np
@@ -374,3 +377,122 @@ def test_synthetic_tfds_source(tiny_synthetic_dir):
   first = next(pipeline.eval_batches(query, cfg, process_index=0,
                                      process_count=1))
   assert first["image"].shape == (4, 128, 160, 3)
+
+
+def test_scales_from_the_command_line_forms():
+  assert pipeline.parse_scales("256x256, 320x480") == ((256, 256),
+                                                       (320, 480))
+  assert pipeline.parse_scales((96, 128)) == ((96, 128),)  # one bucket
+  assert pipeline.parse_scales([[96, 128]]) == ((96, 128),)
+  assert _cfg(test_scale="64X96").test_scale == (64, 96)
+  for bad in ("", "256", "0x256", "256x256x3", [(96.5, 128)], 320):
+    with pytest.raises(ValueError, match=r"data.train_scales="):
+      pipeline.parse_scales(bad)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("batch_size", 0, "an integer >= 1"),
+    ("max_boxes", 2.5, "an integer >= 1"),
+    ("size_divisor", True, "an integer >= 1"),
+    ("eval_batch_size", -1, "an integer >= 0"),
+    ("min_box_size", -1.0, "a number >= 0"),
+    ("flip_prob", float("nan"), r"a number in \[0, 1\]"),
+    ("shuffle_seed", "0", "an integer"),
+])
+def test_bad_settings_name_the_field(field, value, expected):
+  with pytest.raises(ValueError,
+                     match=rf"data.{field}=.*; expected {expected}"):
+    _cfg(**{field: value})
+
+
+def _damaged_copy(tiny_synthetic_dir, tmp_path):
+  """A private copy of the tiny dataset: (data_dir, the version folder)."""
+  data_dir = tmp_path / "tfds"
+  shutil.copytree(tiny_synthetic_dir, data_dir)
+  return data_dir, data_dir / "synthetic_person_search" / "tiny" / "1.0.0"
+
+
+def _load(data_dir):
+  from data_builders import build  # pylint: disable=g-import-not-at-top
+  return build.load_builder("synthetic_person_search", "tiny",
+                            data_dir=data_dir)
+
+
+def _rebuild(data_dir):
+  return re.escape("python -m data_builders build synthetic_person_search "
+                   f"--config tiny --data_dir {data_dir} --overwrite")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "is truncated or not an ArrayRecord file"),
+    ("empty", "is truncated or not an ArrayRecord file"),
+    ("delete", "is missing"),
+])
+def test_a_damaged_split_file_is_named_when_the_split_is_opened(
+    tiny_synthetic_dir, tmp_path, damage, message):
+  data_dir, version = _damaged_copy(tiny_synthetic_dir, tmp_path)
+  shard = version / "synthetic_person_search-test.array_record-00000-of-00001"
+  if damage == "delete":
+    shard.unlink()
+  else:
+    with open(shard, "r+b") as f:
+      f.truncate(os.path.getsize(shard) // 2 if damage == "truncate" else 0)
+  builder = _load(data_dir)
+  pipeline.data_source(builder, "train")  # the other splits are intact
+  with pytest.raises(pipeline.DataError,
+                     match=f"{re.escape(str(shard))} {message}; rebuild the "
+                           f"dataset: {_rebuild(data_dir)}"):
+    pipeline.data_source(builder, "test")
+
+
+def test_a_corrupt_record_is_named_when_it_is_read(tiny_synthetic_dir,
+                                                   tmp_path):
+  data_dir, version = _damaged_copy(tiny_synthetic_dir, tmp_path)
+  shard = version / "synthetic_person_search-train.array_record-00000-of-00001"
+  with open(shard, "r+b") as f:  # garbage inside, the index intact
+    f.seek(1000)
+    f.write(b"\x5a" * 100_000)
+  source = pipeline.data_source(_load(data_dir), "train")
+  with pytest.raises(pipeline.DataError,
+                     match=f"{re.escape(str(shard))}: record \\d+ of the "
+                           f"'train' split cannot be read .*truncated or "
+                           f"corrupt: rebuild the dataset: "
+                           f"{_rebuild(data_dir)}"):
+    for i in range(len(source)):
+      source[i]  # pylint: disable=pointless-statement
+  # Through the training pipeline the error keeps its type and message.
+  with pytest.raises(pipeline.DataError, match=re.escape(str(shard))):
+    _take(_iterator(source, _cfg(batch_size=4, max_boxes=12), seed=1), 20)
+  with pytest.raises(IndexError):
+    source[len(source)]  # pylint: disable=pointless-statement
+
+
+@pytest.mark.parametrize("file, text, message", [
+    ("dataset_info.json", "{garbage", "cannot be read"),
+    ("dataset_info.json", "[]", "is not a JSON object"),
+    ("dataset_info.json", "{}", "does not describe this dataset"),
+    ("metadata.json", "", "cannot be read"),
+])
+def test_unreadable_metadata_is_named_with_the_rebuild_command(
+    tiny_synthetic_dir, tmp_path, file, text, message):
+  data_dir, version = _damaged_copy(tiny_synthetic_dir, tmp_path)
+  (version / file).write_text(text)
+  with pytest.raises(pipeline.DataError,
+                     match=f"{re.escape(str(version / file))} {message}.*; "
+                           f"rebuild the dataset: {_rebuild(data_dir)}"):
+    _load(data_dir)
+
+
+def test_the_rebuild_command_repairs_the_dataset(tiny_synthetic_dir,
+                                                 tmp_path):
+  from data_builders import build  # pylint: disable=g-import-not-at-top
+  data_dir, version = _damaged_copy(tiny_synthetic_dir, tmp_path)
+  assert build.variant_dir("synthetic_person_search", "tiny",
+                           data_dir) == version
+  (version / "dataset_info.json").write_text("{garbage")
+  shard = version / "synthetic_person_search-test.array_record-00000-of-00001"
+  shard.write_bytes(b"")
+  assert build.main(["build", "synthetic_person_search", "--config", "tiny",
+                     "--data_dir", str(data_dir), "--overwrite"]) == 0
+  source = pipeline.data_source(_load(data_dir), "test")
+  assert len(source) == 40 and source[39]["image_id"]
