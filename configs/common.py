@@ -14,6 +14,11 @@ are the fields of the object it becomes:
   c.eval    -> ps_jax.eval.protocols.EvalOptions (det_thresh,
                gallery_sizes) and the system's predict options (AlignPS:
                ps_jax.systems.alignps.AlignPSPredict, the other keys)
+
+Sequences are tuples, so that train.py can override them on the command
+line: --config.data.train_scales=256x256,320x320 (image sizes "HxW"),
+--config.data.test_scale=320x320, --config.eval.gallery_sizes=50,100,-1,
+--config.optim.decay_steps=500,700.
 """
 
 from __future__ import annotations
@@ -57,9 +62,10 @@ def data(train_scales, test_scale, *, batch_size: int, max_boxes: int,
          normalization: str = "caffe_bgr", flip_prob: float = 0.5,
          num_workers: int = 0, eval_batch_size: int | None = None
          ) -> ml_collections.ConfigDict:
-  """The input pipeline. `batch_size` is the global batch over all devices."""
+  """The input pipeline. `batch_size` is the global batch over all devices
+  (a multiple of the device count)."""
   return ml_collections.ConfigDict(dict(
-      train_scales=[tuple(s) for s in train_scales],
+      train_scales=tuple(tuple(s) for s in train_scales),
       test_scale=tuple(test_scale), batch_size=batch_size,
       eval_batch_size=eval_batch_size or batch_size, max_boxes=max_boxes,
       normalization=normalization, flip_prob=flip_prob,

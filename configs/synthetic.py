@@ -9,8 +9,10 @@ evaluation in about 10-15 minutes on a 2-core CPU. The recipe is AlignPS's
 (AFA neck with deformable lateral and output convs fused by concatenation,
 FCOS head with a deformable last tower conv, detection and re-ID on the
 stride-8 map only, focal OIM with lookup table and queue, triplet) with the
-widths, image sizes and schedule shrunk. The backbone uses trainable GroupNorm instead of frozen
-batch norm because there are no pretrained weights to freeze.
+widths, image sizes and schedule shrunk. The backbone uses trainable
+GroupNorm instead of frozen batch norm because there are no pretrained
+weights to freeze. Lists are overridden with commas, image sizes as HxW:
+--config.data.train_scales=256x256,320x320.
 """
 
 from configs import common

@@ -16,6 +16,13 @@ the evaluator and the systems take the built system and typed options.
   run              RunOptions
   eval             ps_jax.eval.protocols.EvalOptions
   init_from        str (a local weights file, or "")
+
+Every value is checked here, once, before a dataset is built or anything is
+compiled: `from_config` raises ConfigError naming the field, the value and
+what is allowed. Errors a user can fix (`USER_ERRORS`: a config value, a
+workdir, a damaged dataset) are printed by the entry points as one line,
+`<prog>: error: <message>`; PS_JAX_TRACEBACK=1 (`show_traceback`) shows
+the traceback instead.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ps_jax import systems
@@ -34,6 +42,52 @@ from ps_jax.eval import protocols
 from ps_jax.train import optim
 
 DEFAULT_SYSTEM = "alignps"
+# Set to 1 to see the traceback of errors the entry points print as one line.
+TRACEBACK_ENV = "PS_JAX_TRACEBACK"
+
+
+class UserError(Exception):
+  """An error the user can fix (a config value, a workdir); the entry
+  points print its message as one line, without a traceback."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config value that is out of range, unknown or inconsistent."""
+
+
+class WorkdirError(UserError, OSError):
+  """A workdir that cannot be used: a file, not writable, or missing."""
+
+
+# What the entry points report as one line: the errors above, a damaged
+# dataset (named with its rebuild command) and an evaluation that cannot run
+# as asked. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (UserError, pipeline.DataError, protocols.EvalError)
+
+
+def show_traceback() -> bool:
+  """Whether $PS_JAX_TRACEBACK asks for tracebacks instead of one line."""
+  return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0")
+
+
+def one_line(error: BaseException) -> str:
+  """An error's message on one line (some span several: their lines are
+  joined with '; ')."""
+  text = ""
+  for line in str(error).splitlines():
+    line = " ".join(line.split())
+    if line:
+      text += (" " if not text or text[-1] in ":;," else "; ") + line
+  return text.strip() or type(error).__name__
+
+
+def _require(ok: bool, name: str, value: Any, expected: str) -> None:
+  if not ok:
+    raise ConfigError(f"{name}={value!r}; expected {expected}")
+
+
+def _integer(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +98,26 @@ class DatasetOptions:
   data_dir: str = ""
   manual_dir: str = ""
 
+  def __post_init__(self):
+    from data_builders import build  # pylint: disable=g-import-not-at-top
+    _require(self.name in build.BUILDERS, "dataset.name", self.name,
+             f"one of {sorted(build.BUILDERS)}")
+    for name in ("config", "data_dir", "manual_dir"):
+      _require(isinstance(getattr(self, name), str), f"dataset.{name}",
+               getattr(self, name), "a string ('' for the default)")
+
   @property
   def label(self) -> str:
     """'name/config' (or 'name'), for results and logs."""
     return f"{self.name}/{self.config}".rstrip("/")
 
   def load_builder(self) -> Any:
-    """The prepared builder, built first if it is missing."""
+    """The prepared builder, built first if it is missing.
+
+    Raises:
+      pipeline.DataError: a damaged dataset (named, with the command that
+        rebuilds it) or a real dataset without its download.
+    """
     from data_builders import build  # pylint: disable=g-import-not-at-top
     return build.load_builder(self.name, self.config or None,
                               self.data_dir or None, self.manual_dir or None)
@@ -67,11 +134,13 @@ class RunOptions:
   eval_at_end: bool = True
 
   def __post_init__(self):
-    for name in ("log_every", "checkpoint_every", "max_to_keep"):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f"run.{name}={getattr(self, name)}; expected >= 1")
-    if int(self.num_steps) < 0:
-      raise ValueError(f"run.num_steps={self.num_steps}; expected >= 0")
+    for name in ("num_steps", "log_every", "checkpoint_every", "max_to_keep"):
+      value = getattr(self, name)
+      _require(_integer(value) and value >= 1, f"run.{name}", value,
+               "an integer >= 1")
+    _require(_integer(self.seed), "run.seed", self.seed, "an integer")
+    _require(isinstance(self.eval_at_end, bool), "run.eval_at_end",
+             self.eval_at_end, "True or False")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,11 +179,13 @@ class Experiment:
 def num_train_ids(builder: Any) -> int:
   """Labeled training identities, from the dataset's metadata."""
   metadata = builder.info.metadata or {}
-  if "num_train_ids" not in metadata:
-    raise ValueError(f"dataset {builder.name!r} has no 'num_train_ids' in "
-                     "its metadata; rebuild it with python -m data_builders "
-                     "build")
-  return int(metadata["num_train_ids"])
+  value = metadata.get("num_train_ids")
+  if not _integer(value) or value < 0:
+    raise pipeline.DataError(
+        f"dataset {builder.name!r}: num_train_ids={value!r} in its "
+        "metadata.json; expected an integer >= 0. "
+        f"Rebuild it: {pipeline.builder_rebuild_command(builder)}")
+  return value
 
 
 def plain_config(config: Any) -> dict[str, Any]:
@@ -126,8 +197,8 @@ def plain_config(config: Any) -> dict[str, Any]:
 
 def _section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
   if name not in config:
-    raise ValueError(f"config: no {name!r} section; every experiment has "
-                     "dataset, data, model, loss, optim, run and eval")
+    raise ConfigError(f"config: no {name!r} section; every experiment has "
+                      "dataset, data, model, loss, optim, run and eval")
   return dict(config[name])
 
 
@@ -137,8 +208,12 @@ def _typed_section(section: str, cls: type, values: Mapping[str, Any]
 
 
 def from_config(config: Any, *, builder: Any | None = None,
-                system: Any | None = None) -> Experiment:
+                system: Any | None = None,
+                for_training: bool = True) -> Experiment:
   """Builds the experiment a config describes.
+
+  Every section is checked before the dataset is loaded (or built) and the
+  system is built; nothing is compiled here.
 
   Args:
     config: an experiment config (ConfigDict) or the plain dict saved with a
@@ -146,13 +221,36 @@ def from_config(config: Any, *, builder: Any | None = None,
     builder: the dataset's builder, if the caller has it already.
     system: a system built by the caller instead of the config's (a user's
       own system, or the toy system of docs/architecture.md).
+    for_training: also check what only training needs: the global batch
+      splits evenly over the devices (`jax.device_count()`). Evaluation
+      rounds its batch up instead.
   Raises:
-    ValueError: a missing section or an unknown key, named with the valid
-      ones.
+    ConfigError: a missing section, an unknown key (named with the valid
+      ones), or a value out of range (named with what is allowed).
+    pipeline.DataError: the dataset cannot be read (named, with the command
+      that rebuilds it).
   """
   plain = plain_config(config)
-  dataset = _typed_section("dataset", DatasetOptions,
-                           _section(plain, "dataset"))
+  try:
+    dataset = _typed_section("dataset", DatasetOptions,
+                             _section(plain, "dataset"))
+    data = pipeline.PipelineConfig.from_config(_section(plain, "data"))
+    optim_opts = optim_options(plain)
+    run = _typed_section("run", RunOptions, _section(plain, "run"))
+    eval_opts = eval_options(plain)
+    init_from = plain.get("init_from", "") or ""
+    _require(isinstance(init_from, str), "init_from", init_from,
+             "a weights file path, or '' to train from scratch")
+    if system is None:
+      # The system's options are checked now, before a dataset is built;
+      # it is built again below with the dataset's identity count.
+      build_system(plain, 0)
+  except ConfigError:
+    raise
+  except ValueError as e:  # a typed object's own range check
+    raise ConfigError(str(e)) from e
+  if for_training:
+    _check_devices(data.batch_size)
   builder = builder if builder is not None else dataset.load_builder()
   if system is None:
     name = plain.get("system", DEFAULT_SYSTEM)
@@ -161,20 +259,70 @@ def from_config(config: Any, *, builder: Any | None = None,
     name = type(system).__name__
   return Experiment(
       system_name=name, system=system, builder=builder, dataset=dataset,
-      data=pipeline.PipelineConfig.from_config(_section(plain, "data")),
-      optim=optim_options(plain),
-      run=_typed_section("run", RunOptions, _section(plain, "run")),
-      eval=eval_options(plain), init_from=str(plain.get("init_from", "") or ""),
-      config=plain)
+      data=data, optim=optim_opts, run=run, eval=eval_opts,
+      init_from=init_from, config=plain)
+
+
+def _check_devices(batch_size: int) -> None:
+  """ConfigError unless the global batch splits evenly over the devices."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from ps_jax import mesh as mesh_lib
+  # pylint: enable=g-import-not-at-top
+  # Multi-process runs must initialise before jax counts devices.
+  mesh_lib.maybe_initialize_distributed()
+  devices = jax.device_count()
+  _require(batch_size % devices == 0, "data.batch_size", batch_size,
+           f"a multiple of the {devices} devices (each takes an equal "
+           "share of the batch)")
+
+
+def _gallery_sizes(value: Any) -> list[Any]:
+  """Gallery sizes from one config item: 'full' is -1, and a string may
+  hold several, comma-separated (the command line's form)."""
+  if not isinstance(value, str):
+    return [value]
+  sizes = []
+  for item in value.split(","):
+    item = item.strip().lower()
+    if item in ("full", "full_set"):
+      sizes.append(-1)
+    elif item:
+      try:
+        sizes.append(int(item))
+      except ValueError:
+        sizes.append(item)  # reported below, with the whole value
+  return sizes
 
 
 def eval_options(config: Any) -> protocols.EvalOptions:
   """The protocol options of a config's `eval` section (its other keys are
-  the system's predict options)."""
+  the system's predict options), checked.
+
+  `gallery_sizes` may hold 'full' for the full set (-1), and a string
+  "50,100,full" (the command line's form).
+
+  Raises:
+    ConfigError: det_thresh outside [0, 1] or a gallery size that is not
+      -1 or >= 1.
+  """
   section = _section(plain_config(config), "eval")
   keys = {f.name for f in dataclasses.fields(protocols.EvalOptions)}
-  return protocols.EvalOptions(**{k: v for k, v in section.items()
-                                  if k in keys})
+  values = {k: v for k, v in section.items() if k in keys}
+  det_thresh = values.get("det_thresh", protocols.EvalOptions.det_thresh)
+  _require(isinstance(det_thresh, (int, float)) and not isinstance(
+      det_thresh, bool) and 0 <= det_thresh <= 1, "eval.det_thresh",
+           det_thresh, "a number in [0, 1]")
+  sizes = values.get("gallery_sizes") or ()
+  if isinstance(sizes, str) or not isinstance(sizes, Sequence):
+    sizes = [sizes]
+  sizes = [n for item in sizes for n in _gallery_sizes(item)]
+  _require(all(_integer(n) and (n == -1 or n >= 1) for n in sizes),
+           "eval.gallery_sizes", values.get("gallery_sizes"),
+           "gallery sizes >= 1 and -1 (or 'full') for the full set, e.g. "
+           "50,100,-1")
+  values["gallery_sizes"] = tuple(sizes)
+  return protocols.EvalOptions(**values)
 
 
 def build_system(config: Any, num_ids: int) -> Any:
@@ -183,6 +331,9 @@ def build_system(config: Any, num_ids: int) -> Any:
 
   For entry points that have no dataset (the benches); `from_config` reads
   `num_ids` from the dataset's metadata.
+
+  Raises:
+    ValueError: an unknown system or key, or an option out of range.
   """
   plain = plain_config(config)
   keys = {f.name for f in dataclasses.fields(protocols.EvalOptions)}
@@ -194,9 +345,44 @@ def build_system(config: Any, num_ids: int) -> Any:
 
 
 def optim_options(config: Any) -> optim.OptimOptions:
-  """The optimizer settings of a config's `optim` section."""
+  """The optimizer settings of a config's `optim` section.
+
+  Raises:
+    ValueError: an unknown key or a value out of range.
+  """
   return _typed_section("optim", optim.OptimOptions,
-                _section(plain_config(config), "optim"))
+                        _section(plain_config(config), "optim"))
+
+
+def _existing(path: pathlib.Path) -> pathlib.Path:
+  """`path`, or its nearest ancestor that exists."""
+  while not path.exists() and path != path.parent:
+    path = path.parent
+  return path
+
+
+def writable(path: str | pathlib.Path) -> bool:
+  """Whether a folder `path` can be written, or created and written.
+
+  Asks the OS (`os.access`): a read-only filesystem is not writable even
+  for root.
+  """
+  existing = _existing(pathlib.Path(path).absolute())
+  return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+
+
+def check_workdir(workdir: str | pathlib.Path) -> None:
+  """WorkdirError unless training can write `workdir`: a writable folder,
+  or one that can be created."""
+  path = pathlib.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise WorkdirError(f"workdir {path} is a file, not a folder")
+  if not writable(path):
+    existing = _existing(path.absolute())
+    raise WorkdirError(
+        f"workdir {path} is not writable" if existing == path.absolute() else
+        f"cannot create workdir {path}: {existing} is "
+        + ("not writable" if existing.is_dir() else "a file"))
 
 
 def load_config_file(spec: str) -> Any:
@@ -210,7 +396,7 @@ def load_config_file(spec: str) -> Any:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {file} has no get_config()")
+    raise ConfigError(f"config file {file} has no get_config()")
   return module.get_config(arg) if arg else module.get_config()
 
 
@@ -229,4 +415,5 @@ def restore(workdir: str | pathlib.Path, step: int | None = None, *,
   """
   from ps_jax import checkpoint  # pylint: disable=g-import-not-at-top
   saved, variables, step = checkpoint.restore_variables(workdir, step)
-  return from_config(saved if config is None else config), variables, step
+  return (from_config(saved if config is None else config,
+                      for_training=False), variables, step)

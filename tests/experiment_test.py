@@ -1,6 +1,8 @@
-"""Tests for ps_jax/experiment.py: a config becomes typed, built objects once."""
+"""Tests for ps_jax/experiment.py: a config becomes typed, checked objects
+once."""
 
 import json
+import re
 
 import pytest
 
@@ -34,6 +36,7 @@ def test_from_config_builds_every_section(tiny_eval_config):
 
 def test_list_valued_config_fields_become_tuples():
   config = synthetic.get_config()
+  config.model.depth = 50  # deformable stages need bottleneck blocks
   config.model.stage_with_dcn = [False, True, True, True]
   config.eval.gallery_sizes = [50, -1]
   system = experiment.build_system(config, num_ids=3)
@@ -74,6 +77,139 @@ def test_bad_run_values_fail_before_any_work():
     experiment.from_config(config, builder=_FakeBuilder())
 
 
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("run", "num_steps", 0, "an integer >= 1"),
+    ("run", "checkpoint_every", 0, "an integer >= 1"),
+    ("run", "log_every", -5, "an integer >= 1"),
+    ("run", "max_to_keep", 0, "an integer >= 1"),
+    ("run", "seed", 1.5, "an integer"),
+    ("optim", "lr", -0.1, "a number >= 0"),
+    ("optim", "momentum", 1.0, r"a number in \[0, 1\)"),
+    ("optim", "weight_decay", -1e-4, "a number >= 0"),
+    ("optim", "warmup_steps", -1, "an integer >= 0"),
+    ("optim", "decay_steps", [700, 500], "increasing integers >= 1"),
+    ("optim", "decay_factor", 0.0, r"a number in \(0, 1\]"),
+    ("optim", "clip_norm", 0.0, "> 0, or None"),
+    ("data", "batch_size", 0, "an integer >= 1"),
+    ("data", "train_scales", [], "at least one image size"),
+    ("data", "test_scale", [320, 0], "an image size .* positive integers"),
+    ("data", "flip_prob", 1.5, r"a number in \[0, 1\]"),
+    ("data", "normalization", "rgb", "one of"),
+    ("data", "num_workers", -1, "an integer >= 0"),
+    ("model", "reid_dim", -1, "an integer >= 1, or None"),
+    ("model", "neck_channels", 0, "an integer >= 1"),
+    ("model", "depth", 19, r"one of \(18, 34, 50, 101\)"),
+    ("model", "style", "tf", "one of"),
+    ("model", "backbone_norm", "batch", "one of"),
+    ("model", "neck_fuse", "sum", "one of"),
+    ("model", "dtype", "float8", "one of"),
+    ("model", "strides", [8, 16], "8 \\* 2\\^l"),
+    ("model", "stage_with_dcn", [False, True, True, True],
+     "all False for depth 18 or 34"),
+    ("loss", "oim_lut_scale", 0.0, "a number > 0"),
+    ("loss", "oim_queue_size", -1, "an integer >= 0"),
+    ("loss", "oim_momentum", 1.0, r"a number in \[0, 1\)"),
+    ("loss", "center_sample_radius", 0.0, "> 0, or None"),
+    ("loss", "w_oim", -1.0, "a number >= 0"),
+    ("loss", "regress_ranges", [[-1, 1e8]], "one .* pair per level"),
+    ("eval", "det_thresh", 1.5, r"a number in \[0, 1\]"),
+    ("eval", "max_dets", 0, "an integer >= 1"),
+    ("eval", "score_threshold", -0.1, r"a number in \[0, 1\]"),
+    ("eval", "query_mode", "nearest", "'best_iou' or 'center'"),
+    ("eval", "gallery_sizes", [50, 0], "gallery sizes >= 1 and -1"),
+    ("dataset", "name", "cuhk", "one of .*cuhk_sysu"),
+])
+def test_every_range_is_checked_before_the_dataset_is_built(
+    tmp_path, section, key, value, expected):
+  config = synthetic.get_config().to_dict()
+  config["dataset"]["data_dir"] = str(tmp_path)
+  config[section][key] = value
+  # No builder is passed: a value checked too late would build the dataset.
+  with pytest.raises(experiment.ConfigError) as e:
+    experiment.from_config(config)
+  message = str(e.value)
+  assert message.startswith(f"{section}.{key}=")
+  assert re.search(f"; expected {expected}", message), message
+  assert not list(tmp_path.iterdir())
+
+
+def test_the_global_batch_splits_over_the_devices():
+  config = synthetic.get_config().to_dict()
+  config["data"]["batch_size"] = 12  # 8 simulated devices (conftest.py)
+  with pytest.raises(experiment.ConfigError,
+                     match=r"data.batch_size=12; expected a multiple of the "
+                           r"8 devices"):
+    experiment.from_config(config, builder=_FakeBuilder())
+  # Evaluation rounds its batch up to the devices instead.
+  exp = experiment.from_config(config, builder=_FakeBuilder(),
+                               for_training=False)
+  assert exp.data.batch_size == 12
+
+
+def test_command_line_forms_of_list_fields():
+  config = synthetic.get_config().to_dict()
+  config["data"]["train_scales"] = "96x128,128x160"
+  config["data"]["test_scale"] = "128x160"
+  config["eval"]["gallery_sizes"] = "50,full"
+  exp = experiment.from_config(config, builder=_FakeBuilder())
+  assert exp.data.train_scales == ((96, 128), (128, 160))
+  assert exp.data.test_scale == (128, 160)
+  assert exp.eval.gallery_sizes == (50, -1)
+  config["data"]["train_scales"] = [96, 96]  # one bucket: =96x96
+  config["eval"]["gallery_sizes"] = [100, "full"]
+  exp = experiment.from_config(config, builder=_FakeBuilder())
+  assert exp.data.train_scales == ((96, 96),)
+  assert exp.eval.gallery_sizes == (100, -1)
+  config["eval"]["gallery_sizes"] = "50,--1"
+  with pytest.raises(experiment.ConfigError,
+                     match=r"eval.gallery_sizes='50,--1'; expected"):
+    experiment.from_config(config, builder=_FakeBuilder())
+
+
+def test_dataset_metadata_without_identities_is_a_data_error():
+  builder = _FakeBuilder()
+  builder.info = type("info", (), {"metadata": {}})
+  with pytest.raises(pipeline.DataError,
+                     match="num_train_ids=None in its metadata.json.*"
+                           "python -m data_builders build fake"):
+    experiment.from_config(synthetic.get_config(), builder=builder)
+
+
+def test_one_line_messages_and_the_traceback_switch(monkeypatch):
+  error = ValueError("keys of the recipe:\n  a=1; was 2\n  b=3\n")
+  assert experiment.one_line(error) == "keys of the recipe: a=1; was 2; b=3"
+  assert experiment.one_line(KeyError()) == "KeyError"
+  monkeypatch.delenv(experiment.TRACEBACK_ENV, raising=False)
+  assert not experiment.show_traceback()
+  monkeypatch.setenv(experiment.TRACEBACK_ENV, "1")
+  assert experiment.show_traceback()
+  monkeypatch.setenv(experiment.TRACEBACK_ENV, "0")
+  assert not experiment.show_traceback()
+  for error_type in (experiment.ConfigError, experiment.WorkdirError,
+                     pipeline.DataError, protocols.EvalError):
+    assert issubclass(error_type, experiment.USER_ERRORS)
+
+
+def test_check_workdir(tmp_path, monkeypatch):
+  experiment.check_workdir(tmp_path / "new" / "run")
+  (tmp_path / "file").write_text("")
+  with pytest.raises(experiment.WorkdirError, match="is a file, not a"):
+    experiment.check_workdir(tmp_path / "file")
+  with pytest.raises(experiment.WorkdirError, match="is a file"):
+    experiment.check_workdir(tmp_path / "file" / "run")
+  # Tests run as root, which may write anywhere: the OS is asked through
+  # os.access, as for a read-only filesystem.
+  monkeypatch.setattr(experiment.os, "access", lambda path, mode: False)
+  assert not experiment.writable(tmp_path)
+  with pytest.raises(experiment.WorkdirError,
+                     match=f"workdir {tmp_path} is not writable"):
+    experiment.check_workdir(tmp_path)
+  with pytest.raises(experiment.WorkdirError,
+                     match=f"cannot create workdir .*: {tmp_path} is not "
+                           "writable"):
+    experiment.check_workdir(tmp_path / "run")
+
+
 def test_load_config_file(tmp_path):
   path = tmp_path / "exp.py"
   path.write_text("from configs import common\n"
@@ -86,7 +222,7 @@ def test_load_config_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="no config file"):
     experiment.load_config_file(str(tmp_path / "nope.py"))
   (tmp_path / "empty.py").write_text("x = 1\n")
-  with pytest.raises(ValueError, match="has no get_config"):
+  with pytest.raises(experiment.ConfigError, match="has no get_config"):
     experiment.load_config_file(str(tmp_path / "empty.py"))
   assert common.base().system == "alignps"
 

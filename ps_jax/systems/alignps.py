@@ -31,11 +31,13 @@ resize, x * orig_w / image_w and y * orig_h / image_h.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ps_jax import pretrained
 from ps_jax.losses import fcos as fcos_losses
@@ -71,8 +73,43 @@ class AlignPSLoss:
   w_triplet: float = 1.0
 
   def __post_init__(self):
+    """Checks every value's range (ValueError naming the field)."""
+    ranges = self.regress_ranges
+    _require("loss", "regress_ranges", ranges,
+             "one (low, high) pair per level, low < high",
+             _sequence(ranges) and len(ranges) > 0 and all(
+                 _sequence(r) and len(r) == 2 and all(_number(v) for v in r)
+                 and r[0] < r[1] for r in ranges))
     object.__setattr__(self, "regress_ranges", tuple(
-        tuple(float(v) for v in r) for r in self.regress_ranges))
+        tuple(float(v) for v in r) for r in ranges))
+    radius = self.center_sample_radius
+    _require("loss", "center_sample_radius", radius,
+             "> 0, or None to sample the whole box",
+             radius is None or (_number(radius) and radius > 0))
+    _require("loss", "focal_alpha", self.focal_alpha, "a number in [0, 1]",
+             _number(self.focal_alpha) and 0 <= self.focal_alpha <= 1)
+    _require("loss", "oim_momentum", self.oim_momentum,
+             "a number in [0, 1) (1 would never update the lookup table)",
+             _number(self.oim_momentum) and 0 <= self.oim_momentum < 1)
+    for name in ("focal_gamma", "oim_focal_gamma", "triplet_margin", "w_cls",
+                 "w_box", "w_ctr", "w_oim", "w_triplet"):
+      value = getattr(self, name)
+      _require("loss", name, value, "a number >= 0",
+               _number(value) and value >= 0)
+    for name in ("oim_lut_scale", "oim_queue_scale"):
+      value = getattr(self, name)
+      _require("loss", name, value, "a number > 0",
+               _number(value) and value > 0)
+    _require("loss", "oim_queue_size", self.oim_queue_size,
+             "an integer >= 0 (0: no queue)",
+             _integer(self.oim_queue_size) and self.oim_queue_size >= 0)
+    _require("loss", "oim_queue_dims", self.oim_queue_dims,
+             "an integer >= 1, or None for every dimension",
+             self.oim_queue_dims is None or (
+                 _integer(self.oim_queue_dims) and self.oim_queue_dims >= 1))
+    for name in ("oim_normalize_lut", "triplet"):
+      _require("loss", name, getattr(self, name), "True or False",
+               isinstance(getattr(self, name), bool))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +122,94 @@ class AlignPSPredict:
   query_mode: str = "best_iou"
 
   def __post_init__(self):
-    if self.query_mode not in ("best_iou", "center"):
-      raise ValueError(f"query_mode={self.query_mode!r}; expected "
-                       "'best_iou' or 'center'")
-    if int(self.max_dets) < 1 or int(self.pre_nms_top_k) < 1:
-      raise ValueError(f"max_dets={self.max_dets}, pre_nms_top_k="
-                       f"{self.pre_nms_top_k}; expected >= 1")
+    """Checks every value's range (ValueError naming the field)."""
+    _require("eval", "query_mode", self.query_mode, "'best_iou' or 'center'",
+             self.query_mode in ("best_iou", "center"))
+    for name in ("max_dets", "pre_nms_top_k"):
+      value = getattr(self, name)
+      _require("eval", name, value, "an integer >= 1",
+               _integer(value) and value >= 1)
+    _require("eval", "score_threshold", self.score_threshold,
+             "a number in [0, 1]", _number(self.score_threshold)
+             and 0 <= self.score_threshold <= 1)
+    _require("eval", "nms_iou", self.nms_iou, "a number in (0, 1]",
+             _number(self.nms_iou) and 0 < self.nms_iou <= 1)
+
+
+def _require(section: str, name: str, value: Any, expected: str,
+             ok: bool) -> None:
+  if not ok:
+    raise ValueError(f"{section}.{name}={value!r}; expected {expected}")
+
+
+def _integer(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+  return (isinstance(value, (int, float, np.integer, np.floating))
+          and not isinstance(value, bool) and math.isfinite(value))
+
+
+def _sequence(value: Any) -> bool:
+  return isinstance(value, Sequence) and not isinstance(value, str)
+
+
+# ResNet depths (ps_jax.models.backbone) and the choices of the model's
+# string options.
+_DEPTHS = (18, 34, 50, 101)
+_CHOICES = {"style": ("caffe", "pytorch"),
+            "backbone_norm": ("frozen", "group"),
+            "neck_fuse": ("concat", "add"),
+            "dtype": ("float32", "bfloat16", "float16")}
+
+
+def check_model(model: AlignPS) -> None:
+  """Checks the network's options before anything is initialised or traced.
+
+  Raises:
+    ValueError: naming the first option out of range and what is allowed.
+  """
+  _require("model", "depth", model.depth, f"one of {_DEPTHS}",
+           _integer(model.depth) and model.depth in _DEPTHS)
+  for name, choices in _CHOICES.items():
+    value = getattr(model, name)
+    _require("model", name, value, f"one of {choices}",
+             isinstance(value, str) and value in choices)
+  width = model.width_multiplier
+  _require("model", "width_multiplier", width,
+           "a number > 0 giving at least 1 channel (>= 1/128)",
+           _number(width) and round(64 * width) >= 1)
+  _require("model", "frozen_stages", model.frozen_stages,
+           "an integer in -1..4 (-1: none)", _integer(model.frozen_stages)
+           and -1 <= model.frozen_stages <= 4)
+  dcn = model.stage_with_dcn
+  _require("model", "stage_with_dcn", dcn,
+           "4 booleans, for res2..res5", _sequence(dcn) and len(dcn) == 4
+           and all(isinstance(v, bool) for v in dcn))
+  _require("model", "stage_with_dcn", dcn,
+           "all False for depth 18 or 34 (deformable convs need bottleneck "
+           "blocks, depth 50 or 101)", model.depth >= 50 or not any(dcn))
+  for name in ("neck_channels", "neck_lateral_kernel", "head_norm_groups",
+               "predict_levels"):
+    value = getattr(model, name)
+    _require("model", name, value, "an integer >= 1",
+             _integer(value) and value >= 1)
+  _require("model", "head_num_convs", model.head_num_convs,
+           "an integer >= 0", _integer(model.head_num_convs)
+           and model.head_num_convs >= 0)
+  _require("model", "reid_dim", model.reid_dim,
+           "an integer >= 1, or None for the neck's channels",
+           model.reid_dim is None or (_integer(model.reid_dim)
+                                      and model.reid_dim >= 1))
+  strides = model.strides
+  _require("model", "strides", strides,
+           "8 * 2^l for at least 3 levels, e.g. (8, 16, 32, 64, 128)",
+           _sequence(strides) and len(strides) >= 3
+           and tuple(strides) == tuple(8 * 2**i for i in range(len(strides))))
+  _require("model", "predict_levels", model.predict_levels,
+           f"at most the {len(strides)} levels of model.strides",
+           model.predict_levels <= len(strides))
 
 
 def max_reid_samples(batch_size: int, max_boxes: int,
@@ -252,11 +371,22 @@ def from_options(*, model: Mapping[str, Any], loss: Mapping[str, Any],
                  predict: Mapping[str, Any], num_ids: int) -> AlignPSSystem:
   """An AlignPSSystem from plain option mappings (config sections).
 
+  Every option is checked here, before anything is initialised or compiled
+  (`check_model`; the loss and predict options check themselves), and so
+  are the options that must agree across sections.
+
   Raises:
-    ValueError: a key that is not a field (the valid ones are listed).
+    ValueError: a key that is not a field (the valid ones are listed), or a
+      value out of range (named, with what is allowed).
   """
+  network = base.typed("model", AlignPS, model)
+  check_model(network)
+  loss_options = base.typed("loss", AlignPSLoss, loss)
+  _require("loss", "regress_ranges", loss_options.regress_ranges,
+           f"one (low, high) pair per level of model.strides "
+           f"({len(network.strides)})",
+           len(loss_options.regress_ranges) == len(network.strides))
   return AlignPSSystem(
-      model=base.typed("model", AlignPS, model),
-      loss_options=base.typed("loss", AlignPSLoss, loss),
+      model=network, loss_options=loss_options,
       predict_options=base.typed("eval", AlignPSPredict, predict),
       num_ids=int(num_ids))

@@ -18,15 +18,16 @@ common practice of not decaying them. The difference is noted in the docs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 FROZEN, BIAS, NORM, WEIGHT = "frozen", "bias", "norm", "weight"
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +45,46 @@ class OptimOptions:
   clip_norm: float | None = 35.0
 
   def __post_init__(self):
-    object.__setattr__(self, "decay_steps",
-                       tuple(int(s) for s in self.decay_steps))
+    """Checks every value's range (ValueError naming the field)."""
+    _require(_number(self.lr) and self.lr >= 0, "lr", self.lr,
+             "a number >= 0")
+    _require(_number(self.momentum) and 0 <= self.momentum < 1, "momentum",
+             self.momentum, "a number in [0, 1)")
+    for name in ("weight_decay", "bias_lr_mult"):
+      value = getattr(self, name)
+      _require(_number(value) and value >= 0, name, value, "a number >= 0")
+    _require(_integer(self.warmup_steps) and self.warmup_steps >= 0,
+             "warmup_steps", self.warmup_steps, "an integer >= 0")
+    _require(_number(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1,
+             "warmup_ratio", self.warmup_ratio, "a number in [0, 1]")
+    steps = self.decay_steps
+    _require(isinstance(steps, Sequence) and not isinstance(steps, str) and all(
+        _integer(s) and s >= 1 for s in steps) and all(
+            a < b for a, b in zip(steps, steps[1:])),
+             "decay_steps", steps, "increasing integers >= 1, e.g. (700,)")
+    object.__setattr__(self, "decay_steps", tuple(int(s) for s in steps))
+    _require(_number(self.decay_factor) and 0 < self.decay_factor <= 1,
+             "decay_factor", self.decay_factor, "a number in (0, 1]")
+    _require(self.clip_norm is None or (_number(self.clip_norm)
+                                        and self.clip_norm > 0),
+             "clip_norm", self.clip_norm, "> 0, or None for no clipping")
 
   def as_kwargs(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def _require(ok: bool, name: str, value: Any, expected: str) -> None:
+  if not ok:
+    raise ValueError(f"optim.{name}={value!r}; expected {expected}")
+
+
+def _integer(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+  return (isinstance(value, (int, float, np.integer, np.floating))
+          and not isinstance(value, bool) and math.isfinite(value))
 
 
 # Substrings of a module name that mark a normalization layer's parameters.
