@@ -1,17 +1,37 @@
 """Train (and then evaluate) a person-search model.
 
-  python train.py                                   # AlignPS on the synthetic benchmark
+  python train.py        # AlignPS on the synthetic benchmark
   python train.py --config=configs/synthetic_tiny.py --workdir=/tmp/ps_tiny
   python train.py --config=configs/alignps_cuhk.py --config.optim.lr=0.002
+  python train.py --config.data.train_scales=256x256,320x320 \\
+      --config.eval.gallery_sizes=50,100,-1
 
 The config is locked: a misspelt override fails at start-up and lists the
-valid keys. Re-running with the same --workdir resumes from its latest
-checkpoint; at the end the evaluation protocol of the dataset runs and its
-table is printed and written to <workdir>/eval_results.json.
+valid keys. Sequences are overridden with comma-separated values: image
+sizes as HxW (--config.data.train_scales=256x256,320x320, or one bucket
+=320x320; --config.data.test_scale=320x320), numbers as a list
+(--config.eval.gallery_sizes=50,100,-1 where -1 is the full set;
+--config.optim.decay_steps=500,700; --config.model.stage_with_dcn=
+False,True,True,True); the Python form '(256, 256),(320, 320)' works too.
+Every value is checked before anything is built or compiled.
+
+Re-running with the same --workdir resumes from its latest checkpoint
+(--allow_config_change to resume with another recipe); at the end the
+evaluation protocol of the dataset runs and its table is printed and written
+to <workdir>/eval_results.json.
+
+Errors a user can fix (a config value out of range, a workdir that is a
+file or not writable, a missing, truncated or corrupt dataset file, a
+resume the checkpoint's config refuses) print one line,
+`train.py: error: <message>`, and exit with status 1; flag errors exit with
+status 1 too. --verbosity=1 (-v 1) or PS_JAX_TRACEBACK=1 shows the full
+traceback instead.
 """
 
 import importlib.util
 import os
+import pathlib
+import re
 import sys
 
 from absl import app
@@ -19,6 +39,7 @@ from absl import flags
 from absl import logging
 import ml_collections
 from ml_collections import config_flags
+from ml_collections.config_flags import tuple_parser
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_CONFIG = os.path.join(_HERE, "configs", "synthetic.py")
@@ -74,12 +95,33 @@ def _exit_if_unknown_override(argv: list[str]) -> None:
     sys.exit(1)
 
 
+class _TupleParser(tuple_parser.TupleParser):
+  """ml_collections' parser of tuple overrides, reading image sizes too.
+
+  "256x256,320x320" becomes ((256, 256), (320, 320)) and "320x320" becomes
+  (320, 320) (ml_collections alone rejects both); anything else is parsed
+  as ml_collections does ("50,100" is (50, 100)).
+  """
+
+  _SIZES = re.compile(r"\s*\d+x\d+(\s*,\s*\d+x\d+)*\s*,?\s*")
+
+  def parse(self, argument):
+    if isinstance(argument, str) and self._SIZES.fullmatch(argument):
+      argument = re.sub(r"(\d+)x(\d+)", r"(\1, \2)", argument)
+    return super().parse(argument)
+
+
+# Registered before the flag is defined: it parses every tuple override.
+config_flags.register_flag_parser_for_type(tuple, _TupleParser())
+
 FLAGS = flags.FLAGS
 try:
   config_flags.DEFINE_config_file(
       "config", _DEFAULT_CONFIG,
       "Experiment config file (configs/*.py), with optional overrides "
-      "--config.<section>.<key>=value.", lock_config=True)
+      "--config.<section>.<key>=value; sequences comma-separated, image "
+      "sizes as HxW: --config.data.train_scales=256x256,320x320, "
+      "--config.eval.gallery_sizes=50,100,-1.", lock_config=True)
 except (AttributeError, KeyError):
   # Without --config on the command line, ml_collections applies the
   # overrides to the default config here, while defining the flag.
@@ -88,6 +130,10 @@ except (AttributeError, KeyError):
 flags.DEFINE_string("workdir", "workdir/synthetic",
                     "Checkpoints, metrics.jsonl, TensorBoard events and "
                     "eval_results.json go here; an existing workdir resumes.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "resume even if the recipe (optimizer, schedule, steps, "
+                  "evaluation settings) differs from the checkpoint's; the "
+                  "change is logged and recorded in the workdir")
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -107,6 +153,34 @@ def _parse_flags(argv: list[str]) -> list[str]:
     raise
 
 
+def _check_init_from(config: ml_collections.ConfigDict,
+                     workdir: pathlib.Path) -> None:
+  """The pretrained weights a fresh run starts from must exist (a resumed
+  run does not read them)."""
+  from ps_jax import experiment  # pylint: disable=g-import-not-at-top
+  path = config.get("init_from") or ""
+  if (isinstance(path, str) and path and not os.path.isfile(path)
+      and not (workdir / "ckpt").is_dir()):
+    raise experiment.ConfigError(
+        f"init_from={path!r}; expected an existing weights file, or '' to "
+        "train from scratch")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+  """What is reported as one line: experiment.USER_ERRORS and the trainer's
+  refusals (a diverged loss, a resume the checkpoint's config refuses, a
+  workdir whose checkpoints do not load)."""
+  # pylint: disable=g-import-not-at-top
+  from ps_jax import checkpoint
+  from ps_jax import experiment
+  from ps_jax.train import config_check
+  from ps_jax.train import loop
+  # pylint: enable=g-import-not-at-top
+  return experiment.USER_ERRORS + (
+      loop.NonFiniteLossError, config_check.ConfigChangeError,
+      checkpoint.CheckpointError)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -115,8 +189,19 @@ def main(argv):
   from ps_jax import experiment  # pylint: disable=g-import-not-at-top
   from ps_jax.train import loop  # pylint: disable=g-import-not-at-top
   logging.info("Config:\n%s", FLAGS.config)
-  # The config stops here: below, everything takes built, typed objects.
-  loop.train_and_evaluate(experiment.from_config(FLAGS.config), FLAGS.workdir)
+  workdir = pathlib.Path(FLAGS.workdir)
+  try:
+    experiment.check_workdir(workdir)
+    _check_init_from(FLAGS.config, workdir)
+    # The config stops here: below, everything takes built, typed objects.
+    exp = experiment.from_config(FLAGS.config)
+    loop.train_and_evaluate(exp, str(workdir),
+                            allow_config_change=FLAGS.allow_config_change)
+  except _user_errors() as e:
+    if FLAGS.verbosity >= 1 or experiment.show_traceback():
+      raise
+    sys.stderr.write(f"train.py: error: {experiment.one_line(e)}\n")
+    sys.exit(1)
 
 
 if __name__ == "__main__":
