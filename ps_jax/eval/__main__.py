@@ -13,9 +13,22 @@ table goes to stdout, the results to <workdir>/eval_results.json
 (eval_results_untrained.json, eval_results_color_hist.json for the
 baselines), predictions to <workdir>/eval_cache/ (re-used by later runs
 with the same model, dataset and predict settings; --no_cache predicts
-again). Exit status: 0 on success, 1 when the evaluation cannot run (no
-checkpoint, a dataset without a query split, a bad option), with the reason
-on stderr.
+again).
+
+A finished run on read-only storage is evaluated with --output:
+
+  python -m ps_jax.eval --workdir /ro/run --output /tmp/run_eval.json
+
+reads the checkpoint and writes nothing into the workdir: new predictions are
+cached in eval_cache/ beside the output file (the workdir's own cache is
+still read).
+
+Exit status: 0 on success, 1 when the evaluation cannot run (no checkpoint,
+a workdir that is a file or read-only without --output, a config value out
+of range, a missing, truncated or corrupt dataset file, a dataset without a
+query split, a bad option), with the reason as one line on stderr,
+`python -m ps_jax.eval: error: <message>`. -v or PS_JAX_TRACEBACK=1 shows
+the full traceback instead.
 """
 
 from __future__ import annotations
@@ -58,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                   "recall and AP.",
       epilog="Results: <workdir>/eval_results.json (eval_results_untrained"
              ".json, eval_results_color_hist.json); cached predictions: "
-             "<workdir>/eval_cache/.")
+             "<workdir>/eval_cache/. A read-only workdir needs --output; "
+             "new predictions are then cached beside that file. Errors: "
+             "one line on stderr and exit status 1 (-v or "
+             "PS_JAX_TRACEBACK=1: the traceback).")
   p.add_argument("--workdir", required=True,
                  help="training workdir: checkpoints are read from "
                       "<workdir>/ckpt, results written here")
@@ -94,11 +110,14 @@ def _parser() -> argparse.ArgumentParser:
                  help="where the TFDS dataset lives, if not where the "
                       "config says")
   p.add_argument("--output", default=None,
-                 help="results JSON file (default: in --workdir)")
+                 help="results JSON file (default: in --workdir); needed "
+                      "when the workdir is read-only")
   p.add_argument("--no_cache", action="store_true",
                  help="predict again even if cached predictions exist")
   p.add_argument("-v", "--verbose", action="store_true",
-                 help="log progress (absl INFO) to stderr")
+                 help="log progress (absl INFO) to stderr, and show the "
+                      "full traceback of an error (also with "
+                      "PS_JAX_TRACEBACK=1) instead of one line")
   return p
 
 
@@ -134,6 +153,27 @@ def _with_overrides(config: Any, args: argparse.Namespace) -> dict[str, Any]:
   return plain
 
 
+def _cache_dir(workdir: pathlib.Path, output: str | None
+               ) -> pathlib.Path | None:
+  """Where new predictions are cached: None (the workdir) if it is
+  writable, else beside --output; WorkdirError if neither can be written."""
+  from ps_jax import experiment  # pylint: disable=g-import-not-at-top
+  if output is not None and not experiment.writable(
+      pathlib.Path(output).parent):
+    raise experiment.WorkdirError(
+        f"--output {output}: its folder cannot be written")
+  if experiment.writable(workdir):
+    return None
+  if output is None:
+    raise experiment.WorkdirError(
+        f"workdir {workdir} is not writable: pass --output FILE for the "
+        "results (new predictions are then cached beside it)")
+  cache_dir = pathlib.Path(output).parent / "eval_cache"
+  logging.warning("workdir %s is not writable: results go to %s, new "
+                  "predictions are cached in %s", workdir, output, cache_dir)
+  return cache_dir
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """Evaluates as `args` say; returns the results dict.
 
@@ -151,6 +191,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
   mesh_lib.maybe_initialize_distributed()
   workdir = pathlib.Path(args.workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise experiment.WorkdirError(f"workdir {workdir} is a file, not a "
+                                  "folder")
+  cache_dir = _cache_dir(workdir, args.output)
   config = experiment.load_config_file(args.config) if args.config else None
   needs_checkpoint = not (args.untrained or args.baseline)
   if (needs_checkpoint or config is None) and not (workdir / "ckpt").is_dir():
@@ -164,10 +208,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = config or saved
   elif config is None:
     config = _checkpoint_config(workdir, step)
-  exp = experiment.from_config(_with_overrides(config, args))
+  exp = experiment.from_config(_with_overrides(config, args),
+                               for_training=False)
   data = run_lib.EvalData(exp.builder, exp.dataset.label, exp.data)
   common = dict(data=data, options=exp.eval, workdir=workdir,
-                use_cache=not args.no_cache)
+                use_cache=not args.no_cache, cache_dir=cache_dir)
   if args.baseline:
     return run_lib.evaluate_baseline(args.baseline, output=args.output,
                                      **common)
@@ -192,12 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
-  import jax  # pylint: disable=g-import-not-at-top
-  from ps_jax.eval import report  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from ps_jax import experiment
+  from ps_jax.eval import report
+  # pylint: enable=g-import-not-at-top
   try:
     results = run(args)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"python -m ps_jax.eval: error: {e}", file=sys.stderr)
+  except experiment.USER_ERRORS + (FileNotFoundError,) as e:
+    if args.verbose or experiment.show_traceback():
+      raise
+    print(f"python -m ps_jax.eval: error: {experiment.one_line(e)}",
+          file=sys.stderr)
     return 1
   if jax.process_index() == 0:
     print(report.format_table(results))

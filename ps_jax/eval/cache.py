@@ -3,15 +3,18 @@ depend on.
 
 `evaluate` caches the gallery and query predictions under
 `<workdir>/eval_cache/<label>-<key>/{gallery,query}.npz`, with `key.json`
-describing the key. The key is a hash of everything the predictions depend
-on: the parameters' bytes (`variables_fingerprint`), the system (its type and
-every option, which include the predict settings), the test-time input
-settings and the dataset's name, config, version and split sizes. A retrained
-or resumed model, another query mode or another dataset therefore never reads
-stale predictions; protocol options (det_thresh, gallery sizes) re-use them.
-Multi-process: process 0 decides whether the cache is used and writes it; the
-workdir must be on a filesystem every process sees (as orbax checkpoints
-already require).
+describing the key. (For a read-only workdir the caller names another place
+for new predictions; the workdir's cache is still read.) The key is a hash
+of everything the predictions depend on: the parameters' bytes
+(`variables_fingerprint`), the system (its type and every option, which
+include the predict settings), the test-time input settings and the
+dataset's name, config, version and split sizes. A retrained or resumed
+model, another query mode or another dataset therefore never reads stale
+predictions; protocol options (det_thresh, gallery sizes) re-use them. A
+cache that cannot be written is skipped with a warning. Multi-process:
+process 0 decides whether the cache is used and writes it; the workdir must
+be on a filesystem every process sees (as orbax checkpoints already
+require).
 """
 
 from __future__ import annotations
@@ -106,33 +109,55 @@ Compute = Callable[[], tuple[SplitPredictions, SplitPredictions]]
 def cached_predictions(cache: pathlib.Path, key_parts: Mapping[str, Any],
                        compute: Compute,
                        gallery_ids: Sequence[str], query_ids: Sequence[str],
-                       *, use_cache: bool = True
+                       *, use_cache: bool = True,
+                       write_to: pathlib.Path | None = None
                        ) -> tuple[SplitPredictions, SplitPredictions]:
-  """Gallery and query predictions from `cache` if valid, else `compute()`.
+  """Gallery and query predictions from a valid cache, else `compute()`.
 
   A cache is valid if both files load and their image ids are the splits'
-  (`gallery_ids`, `query_ids`); the result of `compute()` is written there
-  (process 0), with `key.json` describing what the predictions depend on.
+  (`gallery_ids`, `query_ids`). `cache` is read, then `write_to` (if given);
+  the result of `compute()` is written to `write_to` (default `cache`) by
+  process 0, with `key.json` describing what the predictions depend on. A
+  cache that cannot be written (read-only storage, a full disk) is logged
+  and skipped: the predictions are returned all the same.
   """
+  places = [cache] + ([write_to] if write_to is not None else [])
+  for place in places:
+    found = _read_cache(place, gallery_ids, query_ids, use_cache)
+    if found is not None:
+      return found
+  gal, qry = compute()
+  target = write_to if write_to is not None else cache
+  if jax.process_index() == 0:
+    try:
+      save_predictions(gal, target / "gallery.npz")
+      save_predictions(qry, target / "query.npz")
+      (target / "key.json").write_text(json.dumps(key_parts, indent=2,
+                                                  sort_keys=True))
+    except OSError as e:
+      logging.warning("Predictions not cached (%s); the next evaluation "
+                      "predicts again", e)
+  return gal, qry
+
+
+def _read_cache(cache: pathlib.Path, gallery_ids: Sequence[str],
+                query_ids: Sequence[str], use_cache: bool
+                ) -> tuple[SplitPredictions, SplitPredictions] | None:
+  """The predictions in `cache` if it is valid for these splits, else None."""
   paths = cache / "gallery.npz", cache / "query.npz"
   hit = use_cache and all(p.exists() for p in paths)
   if jax.process_count() > 1:
     hit = bool(multihost_utils.broadcast_one_to_all(np.int32(hit)))
-  if hit:
-    try:
-      gal, qry = (load_predictions(p) for p in paths)
-      if (list(gal.image_ids) == list(gallery_ids)
-          and list(qry.image_ids) == list(query_ids)):
-        logging.info("Read cached predictions from %s", cache)
-        return gal, qry
-      logging.warning("%s: cached image ids differ from the dataset's; "
-                      "predicting again", cache)
-    except ValueError as e:
-      logging.warning("%s; predicting again", e)
-  gal, qry = compute()
-  if jax.process_index() == 0:
-    save_predictions(gal, paths[0])
-    save_predictions(qry, paths[1])
-    (cache / "key.json").write_text(json.dumps(key_parts, indent=2,
-                                               sort_keys=True))
-  return gal, qry
+  if not hit:
+    return None
+  try:
+    gal, qry = (load_predictions(p) for p in paths)
+    if (list(gal.image_ids) == list(gallery_ids)
+        and list(qry.image_ids) == list(query_ids)):
+      logging.info("Read cached predictions from %s", cache)
+      return gal, qry
+    logging.warning("%s: cached image ids differ from the dataset's; "
+                    "predicting again", cache)
+  except ValueError as e:
+    logging.warning("%s; predicting again", e)
+  return None

@@ -86,7 +86,8 @@ def replicate(variables: Any, mesh: Any) -> Any:
 def evaluate(system: Any, variables: Any, *, data: EvalData,
              options: EvalOptions, mesh: Any, workdir: str | pathlib.Path,
              label: str, step: int | None = None, use_cache: bool = True,
-             output: str | pathlib.Path | None = None) -> dict[str, Any]:
+             output: str | pathlib.Path | None = None,
+             cache_dir: str | pathlib.Path | None = None) -> dict[str, Any]:
   """Predict with `system` (or read the cache) and evaluate.
 
   Args:
@@ -101,6 +102,8 @@ def evaluate(system: Any, variables: Any, *, data: EvalData,
     step: the training step of `variables`, for the results.
     use_cache: read cached predictions when valid (they are always written).
     output: the results file (default `<workdir>/eval_results.json`).
+    cache_dir: where new predictions are cached, for a read-only workdir
+      (default `<workdir>/eval_cache`); the workdir's cache is read first.
   Returns:
     The results dict written to the JSON file.
   Raises:
@@ -126,17 +129,19 @@ def evaluate(system: Any, variables: Any, *, data: EvalData,
 
   results = _score(splits, compute, key_parts, data=data, options=options,
                    workdir=workdir, label=label, use_cache=use_cache,
-                   with_detection=True)
+                   with_detection=True, cache_dir=cache_dir)
   results["step"] = step
   return _finish(results, workdir, output, "eval_results.json")
 
 
 def evaluate_baseline(name: str, *, data: EvalData, options: EvalOptions,
                       workdir: str | pathlib.Path, use_cache: bool = True,
-                      output: str | pathlib.Path | None = None
+                      output: str | pathlib.Path | None = None,
+                      cache_dir: str | pathlib.Path | None = None
                       ) -> dict[str, Any]:
   """Evaluate a model-free baseline (`baselines.BASELINES`) on ground-truth
-  gallery boxes; results default to `<workdir>/eval_results_<name>.json`."""
+  gallery boxes; results default to `<workdir>/eval_results_<name>.json`,
+  `cache_dir` as in `evaluate`."""
   if name not in baselines.BASELINES:
     raise EvalError(f"baseline={name!r}; expected one of "
                     f"{baselines.BASELINES}")
@@ -154,7 +159,8 @@ def evaluate_baseline(name: str, *, data: EvalData, options: EvalOptions,
 
   results = _score(splits, compute, key_parts, data=data, options=options,
                    workdir=workdir, label=f"baseline_{name}",
-                   use_cache=use_cache, with_detection=False)
+                   use_cache=use_cache, with_detection=False,
+                   cache_dir=cache_dir)
   results["detections"] = "ground truth (baseline)"
   return _finish(results, workdir, output, f"eval_results_{name}.json")
 
@@ -162,12 +168,17 @@ def evaluate_baseline(name: str, *, data: EvalData, options: EvalOptions,
 def _score(splits: _Splits, compute: cache_lib.Compute,
            key_parts: dict[str, Any], *, data: EvalData,
            options: EvalOptions, workdir: str | pathlib.Path, label: str,
-           use_cache: bool, with_detection: bool) -> dict[str, Any]:
-  cache = (pathlib.Path(workdir) / "eval_cache"
-           / f"{label}-{cache_lib.cache_key(key_parts)}")
+           use_cache: bool, with_detection: bool,
+           cache_dir: str | pathlib.Path | None) -> dict[str, Any]:
+  name = f"{label}-{cache_lib.cache_key(key_parts)}"
+  cache = pathlib.Path(workdir) / "eval_cache" / name
+  write_to = None if cache_dir is None else pathlib.Path(cache_dir) / name
   gal, qry = cache_lib.cached_predictions(
       cache, key_parts, compute, splits.gallery.image_ids,
-      splits.queries.image_ids, use_cache=use_cache)
+      splits.queries.image_ids, use_cache=use_cache, write_to=write_to)
+  if write_to is not None and not (
+      use_cache and (cache / "gallery.npz").exists()):
+    cache = write_to  # where these predictions were cached
   results = protocols.run_protocols(options, splits.protocol, splits.gallery,
                                     splits.queries, gal, qry,
                                     with_detection=with_detection)
