@@ -167,18 +167,13 @@ def _check_init_from(config: ml_collections.ConfigDict,
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-  """What is reported as one line: experiment.USER_ERRORS and the trainer's
-  refusals (a diverged loss, a resume the checkpoint's config refuses, a
-  workdir whose checkpoints do not load)."""
+  """What is reported as one line: experiment.USER_ERRORS and a diverged
+  loss (the last good checkpoint is kept)."""
   # pylint: disable=g-import-not-at-top
-  from ps_jax import checkpoint
   from ps_jax import experiment
-  from ps_jax.train import config_check
   from ps_jax.train import loop
   # pylint: enable=g-import-not-at-top
-  return experiment.USER_ERRORS + (
-      loop.NonFiniteLossError, config_check.ConfigChangeError,
-      checkpoint.CheckpointError)
+  return experiment.USER_ERRORS + (loop.NonFiniteLossError,)
 
 
 def main(argv):

@@ -35,10 +35,12 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ps_jax import checkpoint
 from ps_jax import systems
-from ps_jax.systems import base
 from ps_jax.data import pipeline
 from ps_jax.eval import protocols
+from ps_jax.systems import base
+from ps_jax.train import config_check
 from ps_jax.train import optim
 
 DEFAULT_SYSTEM = "alignps"
@@ -60,9 +62,12 @@ class WorkdirError(UserError, OSError):
 
 
 # What the entry points report as one line: the errors above, a damaged
-# dataset (named with its rebuild command) and an evaluation that cannot run
-# as asked. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (UserError, pipeline.DataError, protocols.EvalError)
+# dataset (named with its rebuild command), an evaluation that cannot run as
+# asked, a workdir none of whose checkpoints loads, and a resume that the
+# checkpoint's config refuses. Anything else is a bug and keeps its
+# traceback.
+USER_ERRORS = (UserError, pipeline.DataError, protocols.EvalError,
+               checkpoint.CheckpointError, config_check.ConfigChangeError)
 
 
 def show_traceback() -> bool:

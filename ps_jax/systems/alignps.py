@@ -386,6 +386,12 @@ def from_options(*, model: Mapping[str, Any], loss: Mapping[str, Any],
            f"one (low, high) pair per level of model.strides "
            f"({len(network.strides)})",
            len(loss_options.regress_ranges) == len(network.strides))
+  dim = int(network.reid_dim or network.neck_channels)
+  queue_dims = loss_options.oim_queue_dims
+  _require("loss", "oim_queue_dims", queue_dims,
+           f"None or at most the embedding size {dim} (model.reid_dim, or "
+           "model.neck_channels without a projection)",
+           queue_dims is None or queue_dims <= dim)
   return AlignPSSystem(
       model=network, loss_options=loss_options,
       predict_options=base.typed("eval", AlignPSPredict, predict),

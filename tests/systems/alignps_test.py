@@ -103,8 +103,20 @@ def test_init_gives_the_model_variables_and_a_zero_memory():
           depth=18, width_multiplier=0.125, style="pytorch",
           frozen_stages=-1, backbone_norm="group", neck_channels=16,
           reid_dim=8, head_num_convs=1)),
-      loss=dict(common.alignps_loss(oim_queue_size=6)), predict={})
+      loss=dict(common.alignps_loss(oim_queue_size=6, oim_queue_dims=None)),
+      predict={})
   variables, memory = jax.eval_shape(
       system.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   assert set(variables) >= {"params"}
   assert memory.lut.shape == (5, 8) and memory.queue.shape == (6, 8)
+
+
+def test_queue_dims_must_fit_the_embedding():
+  model = dict(common.alignps_model(reid_dim=32))
+  with pytest.raises(ValueError, match=r"loss.oim_queue_dims=64; expected "
+                     r"None or at most the embedding size 32"):
+    systems.build("alignps", num_ids=3, model=model,
+                  loss=dict(common.alignps_loss(oim_queue_dims=64)),
+                  predict={})
+  systems.build("alignps", num_ids=3, model=model,
+                loss=dict(common.alignps_loss(oim_queue_dims=32)), predict={})
