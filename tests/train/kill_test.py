@@ -1,0 +1,132 @@
+"""A real `train.py` process SIGKILLed while it writes a checkpoint resumes
+exactly.
+
+Three subprocesses of `train.py` on configs/synthetic_tiny.py (6 steps,
+a checkpoint every 2):
+  full     runs to the end;
+  killed   is sent SIGKILL by itself at the moment orbax is about to rename
+           the finished temporary directory of the step-4 checkpoint into
+           place, i.e. in the middle of the checkpoint write (the wrapper
+           below patches orbax's atomic rename in the child only; nothing in
+           ps_jax knows about it);
+  resumed  the same command again: it must resume from step 2 (the last
+           complete checkpoint; the half-written step 4 is not listed) and
+           end with the same state, byte for byte, and the same metrics as
+           the full run.
+A persistent compilation cache shared by the three processes keeps this to
+about one compilation.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ps_jax import checkpoint
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+KILL_AT = 4
+
+# Runs train.py in this process after making orbax's atomic rename of the
+# step-KILL_AT checkpoint kill the process instead.
+_WRAPPER = """
+import os, runpy, signal, sys
+from orbax.checkpoint._src.path import atomicity
+
+kill_at = int(os.environ["PS_JAX_TEST_KILL_AT"])
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+async def finalize_or_die(self, *args, **kwargs):
+  if self.get().name.startswith(f"{kill_at}."):
+    os.kill(os.getpid(), signal.SIGKILL)
+  return await finalize(self, *args, **kwargs)
+
+atomicity.AtomicRenameTemporaryPath.finalize = finalize_or_die
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _train(workdir, data_dir, cache_dir, *, kill: bool
+           ) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+             PS_JAX_TEST_KILL_AT=str(KILL_AT))
+  args = [str(ROOT / "train.py"),
+          "--config=" + str(ROOT / "configs" / "synthetic_tiny.py"),
+          f"--config.dataset.data_dir={data_dir}",
+          "--config.run.num_steps=6", "--config.run.checkpoint_every=2",
+          "--config.run.log_every=1", "--config.run.eval_at_end=False",
+          f"--workdir={workdir}"]
+  cmd = ([sys.executable, "-c", _WRAPPER] if kill else [sys.executable])
+  return subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=900, check=False)
+
+
+def _state(workdir, step):
+  mngr = checkpoint.manager(workdir, async_save=False)
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  mngr.close()
+  return restored["state"]
+
+
+def _metrics(workdir):
+  rows = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text(
+      ).splitlines():
+    row = json.loads(line)
+    row.pop("train/steps_per_sec")
+    assert row["step"] not in rows, f"step {row['step']} logged twice"
+    rows[row["step"]] = row
+  return rows
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_synthetic_dir, tmp_path_factory):
+  cache = tmp_path_factory.mktemp("xla_cache")
+  full = tmp_path_factory.mktemp("full")
+  proc = _train(full, tiny_synthetic_dir, cache, kill=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  killed = tmp_path_factory.mktemp("killed")
+  proc = _train(killed, tiny_synthetic_dir, cache, kill=True)
+  listing = sorted(p.name for p in (killed / "ckpt").iterdir())
+  after_kill = checkpoint.manager(killed, async_save=False).all_steps()
+  resumed = _train(killed, tiny_synthetic_dir, cache, kill=False)
+  return {"full": full, "killed": killed, "kill_rc": proc.returncode,
+          "kill_stderr": proc.stderr, "listing": listing,
+          "after_kill": list(after_kill), "resumed": resumed}
+
+
+def test_the_kill_came_during_the_step_4_write(runs):
+  assert runs["kill_rc"] == -signal.SIGKILL, runs["kill_stderr"][-3000:]
+  # Step 2 is complete; step 4 exists only as orbax's temporary directory.
+  assert runs["after_kill"] == [2]
+  assert any(name.startswith(f"{KILL_AT}.") and name != str(KILL_AT)
+             for name in runs["listing"]), runs["listing"]
+
+
+def test_the_resumed_run_equals_the_uninterrupted_run(runs):
+  assert runs["resumed"].returncode == 0, runs["resumed"].stderr[-3000:]
+  assert "Resumed from" in runs["resumed"].stderr
+  assert _metrics(runs["killed"]) == _metrics(runs["full"])
+  a, b = _state(runs["full"], 6), _state(runs["killed"], 6)
+  flat_a = {k: np.asarray(v) for k, v in _flatten(a)}
+  flat_b = {k: np.asarray(v) for k, v in _flatten(b)}
+  assert flat_a.keys() == flat_b.keys() and len(flat_a) > 10
+  for k in flat_a:
+    assert flat_a[k].tobytes() == flat_b[k].tobytes(), k
+
+
+def _flatten(tree):
+  """(path, numpy array) of every leaf of a restored state."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    yield jax.tree_util.keystr(path), np.asarray(leaf)
