@@ -26,11 +26,11 @@ from __future__ import annotations
 import ml_collections
 
 # AlignPS's multi-scale training list, (height, width): mmdet
-# `img_scale=[(667, 400), ..., (2000, 1200)]` with keep_ratio, i.e. the image
-# is resized to fit inside each (long side, short side) pair.
-ALIGNPS_TRAIN_SCALES = ((400, 667), (600, 1000), (700, 1166), (800, 1333),
-                        (900, 1500), (1000, 1666), (1100, 1833),
-                        (1200, 2000))
+# `img_scale=[(667, 400), (1000, 600), (1333, 800), (1500, 900),
+# (1666, 1000), (2000, 1200)]` (long side, short side) with keep_ratio, i.e.
+# the image is resized to fit inside each pair.
+ALIGNPS_TRAIN_SCALES = ((400, 667), (600, 1000), (800, 1333), (900, 1500),
+                        (1000, 1666), (1200, 2000))
 ALIGNPS_TEST_SCALE = (900, 1500)
 INF = 1e8
 # Only the stride-8 level can hold positives (AlignPS "stage1").

@@ -232,3 +232,31 @@ class _FakeBuilder:
 
   class info:  # pylint: disable=invalid-name
     metadata = {"num_train_ids": 3}
+
+
+# The AlignPS paper configs (issue 12, item 4): the reference's behaviour.
+# mmdet `img_scale` as (long, short) pairs; our buckets are (h, w).
+_REFERENCE_IMG_SCALE = [(667, 400), (1000, 600), (1333, 800), (1500, 900),
+                        (1666, 1000), (2000, 1200)]
+
+
+def _paper_configs():
+  # pylint: disable=g-import-not-at-top
+  from configs import alignps_cuhk
+  from configs import alignps_prw
+  # pylint: enable=g-import-not-at-top
+  return [("cuhk", alignps_cuhk.get_config()),
+          ("cuhk:plus", alignps_cuhk.get_config("plus")),
+          ("prw", alignps_prw.get_config()),
+          ("prw:plus", alignps_prw.get_config("plus"))]
+
+
+@pytest.mark.parametrize("name, config", _paper_configs(),
+                         ids=lambda x: x if isinstance(x, str) else "")
+def test_paper_configs_train_at_the_reference_scales(name, config):
+  del name
+  want = tuple((short, long) for long, short in _REFERENCE_IMG_SCALE)
+  assert want == ((400, 667), (600, 1000), (800, 1333), (900, 1500),
+                  (1000, 1666), (1200, 2000))
+  data = pipeline.PipelineConfig.from_config(config.data)
+  assert data.train_scales == want
