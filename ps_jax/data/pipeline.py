@@ -32,6 +32,11 @@ this process's stream) is drawn from (seed, k) alone, so every process picks
 the same bucket for the same global step, and a resumed iterator picks the
 same buckets as an uninterrupted one. Shuffling (per-epoch reshuffled) and
 flips are seeded from `seed` too: the same seed gives the same batches.
+One scale per batch is a consequence of the static shapes, not the
+reference's rule: AlignPS/mmdet draws a scale for every image and pads the
+batch to its largest image. The expected scale of an image is the same (each
+bucket is equally likely), but the images of a batch are never at different
+scales.
 
 Multi-process: process p of n reads records p, p + n, p + 2n, ... of the
 source (Grain `ds[p::n]`) and shuffles its own shard; all processes must use
