@@ -12,7 +12,7 @@ are the fields of the object it becomes:
   c.dataset -> ps_jax.experiment.DatasetOptions(**c.dataset)
   c.run     -> ps_jax.experiment.RunOptions(**c.run)
   c.eval    -> ps_jax.eval.protocols.EvalOptions (det_thresh,
-               gallery_sizes) and the system's predict options (AlignPS:
+               gallery_sizes, duplicates) and the system's predict options (AlignPS:
                ps_jax.systems.alignps.AlignPSPredict, the other keys)
 
 Sequences are tuples, so that train.py can override them on the command
@@ -118,13 +118,17 @@ def run(*, num_steps: int, log_every: int, checkpoint_every: int,
 def evaluation(*, det_thresh: float, query_mode: str = "best_iou",
                max_dets: int = 100, score_threshold: float = 0.05,
                nms_iou: float = 0.5, pre_nms_top_k: int = 1000,
-               gallery_sizes=()) -> ml_collections.ConfigDict:
+               gallery_sizes=(), **options) -> ml_collections.ConfigDict:
   """Prediction post-processing and protocol options (`ps_jax.eval`).
 
   `gallery_sizes` lists the CUHK-style gallery sizes to report (empty: every
   size the dataset stores); PRW-style datasets always report both the
-  all-cameras and the cross-camera gallery."""
+  all-cameras and the cross-camera gallery. `options` are further keys
+  (e.g. `duplicates`), present only where a config sets them, so that the
+  configs that leave them at their defaults keep the keys of their
+  checkpoints."""
   return ml_collections.ConfigDict(dict(
       det_thresh=det_thresh, query_mode=query_mode, max_dets=max_dets,
       score_threshold=score_threshold, nms_iou=nms_iou,
-      pre_nms_top_k=pre_nms_top_k, gallery_sizes=tuple(gallery_sizes)))
+      pre_nms_top_k=pre_nms_top_k, gallery_sizes=tuple(gallery_sizes),
+      **options))

@@ -308,8 +308,8 @@ def eval_options(config: Any) -> protocols.EvalOptions:
   "50,100,full" (the command line's form).
 
   Raises:
-    ConfigError: det_thresh outside [0, 1] or a gallery size that is not
-      -1 or >= 1.
+    ConfigError: det_thresh outside [0, 1], a gallery size that is not
+      -1 or >= 1, or an unknown `duplicates` rule.
   """
   section = _section(plain_config(config), "eval")
   keys = {f.name for f in dataclasses.fields(protocols.EvalOptions)}
@@ -327,6 +327,9 @@ def eval_options(config: Any) -> protocols.EvalOptions:
            "gallery sizes >= 1 and -1 (or 'full') for the full set, e.g. "
            "50,100,-1")
   values["gallery_sizes"] = tuple(sizes)
+  duplicates = values.get("duplicates", protocols.EvalOptions.duplicates)
+  _require(duplicates in protocols.DUPLICATES, "eval.duplicates", duplicates,
+           f"one of {protocols.DUPLICATES}")
   return protocols.EvalOptions(**values)
 
 

@@ -117,6 +117,7 @@ def test_bad_run_values_fail_before_any_work():
     ("eval", "score_threshold", -0.1, r"a number in \[0, 1\]"),
     ("eval", "query_mode", "nearest", "'best_iou' or 'center'"),
     ("eval", "gallery_sizes", [50, 0], "gallery sizes >= 1 and -1"),
+    ("eval", "duplicates", "twice", "one of .*'repeat'"),
     ("dataset", "name", "cuhk", "one of .*cuhk_sysu"),
 ])
 def test_every_range_is_checked_before_the_dataset_is_built(
@@ -260,3 +261,18 @@ def test_paper_configs_train_at_the_reference_scales(name, config):
                   (1000, 1666), (1200, 2000))
   data = pipeline.PipelineConfig.from_config(config.data)
   assert data.train_scales == want
+
+
+def test_paper_cuhk_config_ranks_duplicated_entries_like_alignps():
+  # pylint: disable=g-import-not-at-top
+  from configs import alignps_cuhk
+  from configs import alignps_prw
+  # pylint: enable=g-import-not-at-top
+  assert experiment.eval_options(
+      alignps_cuhk.get_config()).duplicates == "repeat"
+  assert experiment.eval_options(
+      alignps_cuhk.get_config("plus")).duplicates == "repeat"
+  # PRW has no gallery lists; the synthetic benchmark keeps SeqNet's rule.
+  assert experiment.eval_options(
+      alignps_prw.get_config()).duplicates == "seqnet"
+  assert experiment.eval_options(synthetic.get_config()).duplicates == "seqnet"

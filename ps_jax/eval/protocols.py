@@ -7,8 +7,9 @@ model's (or a baseline's) predictions of both splits with every protocol of
 the dataset plus detection recall/AP. Host-side numpy only.
 
 Protocol options (`EvalOptions`): `det_thresh` (gallery detections kept for
-search) and `gallery_sizes` (CUHK-style sizes to report, -1 the full set;
-empty = every size the dataset stores, plus the full set). The full set
+search), `gallery_sizes` (CUHK-style sizes to report, -1 the full set;
+empty = every size the dataset stores, plus the full set) and `duplicates`
+(how a gallery list that names an image twice is scored). The full set
 extends the TestG50 lists, or the smallest stored size for datasets without
 them (`full_set_base` in the results); by default it is left out, with a
 warning and `full_set_note` in the results, where those lists miss gallery
@@ -37,6 +38,7 @@ from ps_jax.ops import boxes as box_ops
 PROTOCOLS = ("cuhk", "prw")
 # SeqNet/COAT compute detection metrics over detections scoring >= 0.01.
 DETECTION_THRESH = 0.01
+DUPLICATES = ("seqnet", "repeat", "unique")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +49,23 @@ class EvalOptions:
     det_thresh: gallery detections with score >= this take part in search.
     gallery_sizes: CUHK-style gallery sizes to report (-1 the full set);
       empty: every size the dataset stores, plus the full set where valid.
+    duplicates: CUHK-style gallery lists that name an image twice (four
+      TestG100 queries of CUHK-SYSU): "seqnet" (SeqNet's script: every entry
+      counts in the recall denominator, the image is ranked once), "repeat"
+      (AlignPS's script: the image is ranked once per entry) or "unique"
+      (one entry); `person_search.eval_search_cuhk`.
   """
   det_thresh: float = 0.5
   gallery_sizes: tuple[int, ...] = ()
+  duplicates: str = "seqnet"
 
   def __post_init__(self):
     object.__setattr__(self, "det_thresh", float(self.det_thresh))
     object.__setattr__(self, "gallery_sizes",
                        tuple(int(n) for n in self.gallery_sizes or ()))
+    if self.duplicates not in DUPLICATES:
+      raise ValueError(f"eval.duplicates={self.duplicates!r}; expected one "
+                       f"of {DUPLICATES}")
 
 
 class EvalError(ValueError):
@@ -250,7 +261,8 @@ def run_protocols(options: EvalOptions, protocol: str,
                       else "skipped", problem)
       results["full_set_note"] = problem
     by_size = person_search.eval_search_cuhk(
-        gallery, queries, sizes, det_thresh=det_thresh, full_set_base=base)
+        gallery, queries, sizes, det_thresh=det_thresh, full_set_base=base,
+        duplicates=options.duplicates)
     for n in sizes:
       results[f"search/{_size_name(n)}"] = by_size[n].as_dict()
     if person_search.FULL_SET in sizes:

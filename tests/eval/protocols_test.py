@@ -1,0 +1,70 @@
+"""Tests for ps_jax/eval/protocols.py: options that change how a protocol
+scores predictions, on hand-built splits."""
+
+import numpy as np
+import pytest
+
+from ps_jax.eval import predict
+from ps_jax.eval import protocols
+
+BOX = [10.0, 10.0, 60.0, 110.0]
+
+
+def _unit(cos: float) -> list[float]:
+  return [cos, float(np.sqrt(1.0 - cos * cos))]
+
+
+def _duplicated_split():
+  """One query (pid 1, embedding (1, 0)) whose gallery list names g0 twice.
+
+  g0 shows the target, detected with similarity 0.9; g1 shows pid 2,
+  detected with similarity 0.95. Every detection scores 1 and covers its GT
+  box exactly.
+  """
+  gallery = protocols.GalleryInfo(
+      image_ids=["g0", "g1"],
+      gt_boxes=[np.array([BOX], np.float32)] * 2,
+      gt_pids=[np.array([1]), np.array([2])],
+      cameras=np.zeros(2, np.int32))
+  queries = protocols.QueryInfo(
+      image_ids=["q"], pids=np.array([1]), cameras=np.zeros(1, np.int32),
+      boxes=np.array([BOX], np.float32),
+      galleries={3: [["g0", "g1", "g0"]]})
+  gal = predict.SplitPredictions(
+      image_ids=np.array(["g0", "g1"]), orig_hw=np.full((2, 2), 200),
+      det_offsets=np.array([0, 1, 2]),
+      boxes=np.array([BOX, BOX], np.float32),
+      scores=np.ones(2, np.float32),
+      embeddings=np.array([_unit(0.9), _unit(0.95)], np.float32),
+      query_embeddings=np.zeros((2, 2), np.float32),
+      query_from_detection=np.zeros(2, bool))
+  qry = predict.SplitPredictions(
+      image_ids=np.array(["q"]), orig_hw=np.full((1, 2), 200),
+      det_offsets=np.zeros(2, np.int64), boxes=np.zeros((0, 4), np.float32),
+      scores=np.zeros(0, np.float32), embeddings=np.zeros((0, 2), np.float32),
+      query_embeddings=np.array([[1.0, 0.0]], np.float32),
+      query_from_detection=np.zeros(1, bool))
+  return gallery, queries, gal, qry
+
+
+@pytest.mark.parametrize("duplicates, want_map", [
+    # SeqNet: g0 ranked once (0.95 N, 0.9 P): AP 1/2, times the recall
+    # 1/2 (g0 counts twice in the denominator).
+    ("seqnet", 0.25),
+    # AlignPS: g0 ranked twice (0.95 N, 0.9 P, 0.9 P): precision 2/3 at
+    # full recall.
+    ("repeat", 2 / 3),
+])
+def test_duplicated_gallery_entries_follow_the_option(duplicates, want_map):
+  options = protocols.EvalOptions(det_thresh=0.5, gallery_sizes=(3,),
+                                  duplicates=duplicates)
+  res = protocols.run_protocols(options, "cuhk", *_duplicated_split(),
+                                with_detection=False)
+  assert res["search/gallery_3"]["mAP"] == pytest.approx(want_map)
+  assert res["search/gallery_3"]["top1"] == 0.0
+
+
+def test_default_duplicates_rule_is_seqnet_and_unknown_rules_fail():
+  assert protocols.EvalOptions().duplicates == "seqnet"
+  with pytest.raises(ValueError, match="eval.duplicates='twice'"):
+    protocols.EvalOptions(duplicates="twice")
