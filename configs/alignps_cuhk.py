@@ -36,7 +36,8 @@ def get_config(arg: str = ""):
                                oim_queue_dims=64, triplet=True)
   c.optim = common.sgd(0.001, weight_decay=1e-4, warmup_steps=500,
                        decay_steps=(16 * STEPS_PER_EPOCH,
-                                    22 * STEPS_PER_EPOCH))
+                                    22 * STEPS_PER_EPOCH),
+                       norm_weight_decay=True)  # mmcv: norm_decay_mult=1
   c.run = common.run(num_steps=24 * STEPS_PER_EPOCH, log_every=50,
                      checkpoint_every=STEPS_PER_EPOCH)
   # AlignPS's script ranks an image that a gallery list names twice once

@@ -34,7 +34,8 @@ def get_config(arg: str = ""):
   c.optim = common.sgd(0.001, weight_decay=7e-4 if plus else 1e-3,
                        warmup_steps=500,
                        decay_steps=(16 * STEPS_PER_EPOCH,
-                                    22 * STEPS_PER_EPOCH))
+                                    22 * STEPS_PER_EPOCH),
+                       norm_weight_decay=True)  # mmcv: norm_decay_mult=1
   c.run = common.run(num_steps=24 * STEPS_PER_EPOCH, log_every=50,
                      checkpoint_every=STEPS_PER_EPOCH)
   c.eval = common.evaluation(det_thresh=0.15, query_mode="best_iou")

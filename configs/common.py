@@ -98,12 +98,17 @@ def alignps_loss(**overrides) -> ml_collections.ConfigDict:
 
 
 def sgd(lr: float, *, weight_decay: float, warmup_steps: int,
-        decay_steps, clip_norm: float = 35.0) -> ml_collections.ConfigDict:
-  """SGD with AlignPS's parameter groups (`ps_jax.train.optim`)."""
+        decay_steps, clip_norm: float = 35.0,
+        **options) -> ml_collections.ConfigDict:
+  """SGD with AlignPS's parameter groups (`ps_jax.train.optim`).
+
+  `options` are further OptimOptions keys (e.g. `norm_weight_decay`),
+  present only where a config sets them (see `evaluation`)."""
   return ml_collections.ConfigDict(dict(
       lr=lr, momentum=0.9, weight_decay=weight_decay, bias_lr_mult=2.0,
       warmup_steps=warmup_steps, warmup_ratio=1.0 / 3.0,
-      decay_steps=tuple(decay_steps), decay_factor=0.1, clip_norm=clip_norm))
+      decay_steps=tuple(decay_steps), decay_factor=0.1, clip_norm=clip_norm,
+      **options))
 
 
 def run(*, num_steps: int, log_every: int, checkpoint_every: int,

@@ -118,6 +118,7 @@ def test_bad_run_values_fail_before_any_work():
     ("eval", "query_mode", "nearest", "'best_iou' or 'center'"),
     ("eval", "gallery_sizes", [50, 0], "gallery sizes >= 1 and -1"),
     ("eval", "duplicates", "twice", "one of .*'repeat'"),
+    ("optim", "norm_weight_decay", "yes", "True or False"),
     ("dataset", "name", "cuhk", "one of .*cuhk_sysu"),
 ])
 def test_every_range_is_checked_before_the_dataset_is_built(
@@ -276,3 +277,9 @@ def test_paper_cuhk_config_ranks_duplicated_entries_like_alignps():
   assert experiment.eval_options(
       alignps_prw.get_config()).duplicates == "seqnet"
   assert experiment.eval_options(synthetic.get_config()).duplicates == "seqnet"
+
+
+def test_paper_configs_decay_norm_parameters_like_mmcv():
+  for _, config in _paper_configs():
+    assert experiment.optim_options(config).norm_weight_decay
+  assert not experiment.optim_options(synthetic.get_config()).norm_weight_decay

@@ -9,10 +9,13 @@ Parameter groups are read from the parameter *path* (see `param_labels`):
   frozen  parameters of frozen stages (the model's `frozen` predicate): no
           update at all, not even weight decay.
   bias    convolution / dense biases: lr x bias_lr_mult, no weight decay.
-  norm    GroupNorm / BatchNorm scales and offsets: no weight decay.
+  norm    GroupNorm / BatchNorm scales and offsets: lr x 1; no weight decay
+          unless `norm_weight_decay`.
   weight  everything else: lr and weight decay as configured.
-mmdet also decays norm parameters (norm_decay_mult=1); we follow the more
-common practice of not decaying them. The difference is noted in the docs.
+mmcv's optimizer constructor decays norm parameters, offsets included, at
+the full rate (norm_decay_mult=1) and leaves their lr alone;
+`norm_weight_decay=True` reproduces that (the AlignPS paper configs set it).
+The default follows the more common practice of not decaying them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class OptimOptions:
   decay_steps: Sequence[int] = ()
   decay_factor: float = 0.1
   clip_norm: float | None = 35.0
+  norm_weight_decay: bool = False
 
   def __post_init__(self):
     """Checks every value's range (ValueError naming the field)."""
@@ -68,6 +72,8 @@ class OptimOptions:
     _require(self.clip_norm is None or (_number(self.clip_norm)
                                         and self.clip_norm > 0),
              "clip_norm", self.clip_norm, "> 0, or None for no clipping")
+    _require(isinstance(self.norm_weight_decay, bool), "norm_weight_decay",
+             self.norm_weight_decay, "True or False")
 
   def as_kwargs(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -152,6 +158,7 @@ def make_optimizer(params: Any, *, lr: float, momentum: float = 0.9,
                    decay_steps: Sequence[int] = (),
                    decay_factor: float = 0.1,
                    clip_norm: float | None = 35.0,
+                   norm_weight_decay: bool = False,
                    is_frozen: Callable[[tuple[str, ...]], bool] | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """SGD with the AlignPS parameter groups. Returns (optimizer, schedule).
@@ -159,6 +166,8 @@ def make_optimizer(params: Any, *, lr: float, momentum: float = 0.9,
   Weight decay is coupled (added to the gradient before momentum), as in
   torch.optim.SGD; clipping uses the global L2 norm of all gradients (mmdet's
   `grad_clip=dict(max_norm=35, norm_type=2)`), before weight decay.
+  `norm_weight_decay` also decays the NORM group by `weight_decay` (mmcv's
+  norm_decay_mult=1).
   """
   sched = step_schedule(lr, warmup_steps=warmup_steps,
                         warmup_ratio=warmup_ratio, decay_steps=decay_steps,
@@ -174,7 +183,7 @@ def make_optimizer(params: Any, *, lr: float, momentum: float = 0.9,
   groups = optax.multi_transform(
       {FROZEN: optax.set_to_zero(),
        BIAS: sgd(bias_lr_mult, 0.0),
-       NORM: sgd(1.0, 0.0),
+       NORM: sgd(1.0, weight_decay if norm_weight_decay else 0.0),
        WEIGHT: sgd(1.0, weight_decay)},
       param_labels(params, is_frozen))
   # Frozen parameters get no gradient at all, so they do not count towards the

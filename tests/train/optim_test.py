@@ -74,3 +74,33 @@ def test_clipping_ignores_frozen_gradients():
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["head"]["conv"]["bias"],
                              [-0.3, 0, 0, -0.4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("norm_weight_decay", [False, True])
+def test_norm_weight_decay_decays_only_the_norm_group(norm_weight_decay):
+  params = _params()
+  lr, wd = 0.1, 0.01
+  tx, _ = optim.make_optimizer(params, lr=lr, momentum=0.9, weight_decay=wd,
+                               bias_lr_mult=2.0, warmup_steps=0,
+                               clip_norm=None, is_frozen=_frozen,
+                               norm_weight_decay=norm_weight_decay)
+  grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # mmcv's norm_decay_mult=1: -lr * (g + wd * p) on scale and offset alike,
+  # at lr x 1 (the offset is not a conv bias); without it, -lr * g.
+  norm_want = -lr * (0.5 + (wd * 1.0 if norm_weight_decay else 0.0))
+  for name in ("scale", "bias"):
+    np.testing.assert_allclose(updates["head"]["GroupNorm_0"][name],
+                               norm_want, rtol=1e-6)
+  # The other groups do not depend on the option.
+  np.testing.assert_allclose(updates["head"]["conv"]["kernel"],
+                             -lr * (0.5 + wd * 1.0), rtol=1e-6)
+  np.testing.assert_allclose(updates["head"]["conv"]["bias"], -2 * lr * 0.5,
+                             rtol=1e-6)
+  assert float(jnp.abs(updates["backbone"]["stem_conv"]["kernel"]).max()) == 0
+
+
+def test_norm_weight_decay_is_a_bool():
+  assert not optim.OptimOptions(lr=0.1).norm_weight_decay
+  with pytest.raises(ValueError, match="optim.norm_weight_decay=1"):
+    optim.OptimOptions(lr=0.1, norm_weight_decay=1)
