@@ -30,7 +30,9 @@ def get_config(arg: str = ""):
                        max_boxes=32, normalization="caffe_bgr")
   c.model = common.alignps_model(
       stage_with_dcn=(False, True, True, True) if plus else
-      (False, False, False, False))
+      (False, False, False, False),
+      # AlignPS's neck init_weights: Xavier on the deformable offset convs.
+      neck_offset_init="xavier")
   c.loss = common.alignps_loss(oim_queue_size=5000, oim_lut_scale=10.0,
                                oim_queue_scale=10.0, oim_normalize_lut=False,
                                oim_queue_dims=64, triplet=True)

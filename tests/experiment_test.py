@@ -102,6 +102,7 @@ def test_bad_run_values_fail_before_any_work():
     ("model", "style", "tf", "one of"),
     ("model", "backbone_norm", "batch", "one of"),
     ("model", "neck_fuse", "sum", "one of"),
+    ("model", "neck_offset_init", "kaiming", "one of"),
     ("model", "dtype", "float8", "one of"),
     ("model", "strides", [8, 16], "8 \\* 2\\^l"),
     ("model", "stage_with_dcn", [False, True, True, True],
@@ -283,3 +284,11 @@ def test_paper_configs_decay_norm_parameters_like_mmcv():
   for _, config in _paper_configs():
     assert experiment.optim_options(config).norm_weight_decay
   assert not experiment.optim_options(synthetic.get_config()).norm_weight_decay
+
+
+def test_paper_configs_initialise_neck_offsets_like_alignps():
+  for _, config in _paper_configs():
+    assert experiment.build_system(
+        config, num_ids=5).model.neck_offset_init == "xavier"
+  assert experiment.build_system(
+      synthetic.get_config(), num_ids=5).model.neck_offset_init == "zeros"

@@ -4,9 +4,10 @@
 `ModulatedDeformConv2dPack` (v2): it owns the main kernel and bias plus a
 plain convolution, `conv_offset`, that predicts the sample offsets (and the
 mask logits) from the same input with the same stride, padding and dilation.
-`conv_offset` starts at zero, so a fresh layer samples the regular grid: v1
-then equals an `nn.Conv` with the same kernel and v2 starts with every mask at
-sigmoid(0) = 0.5, as in mmcv.
+`conv_offset` starts at zero by default (`offset_kernel_init`), so a fresh
+layer samples the regular grid: v1 then equals an `nn.Conv` with the same
+kernel and v2 starts with every mask at sigmoid(0) = 0.5, as in mmcv. Its
+bias always starts at zero.
 
 Channels last, f32[B, H, W, C]. `conv_offset` has 2 * G * kh * kw outputs
 (+ G * kh * kw mask logits when modulated), in the order of mmcv's
@@ -43,6 +44,9 @@ class DeformConv(nn.Module):
     use_bias: add a learned bias to the output.
     kernel_init: initializer of the main kernel f32[kh, kw, Cin, Cout].
     bias_init: initializer of the bias f32[Cout].
+    offset_kernel_init: initializer of `conv_offset`'s kernel
+      f32[kh, kw, Cin, (2 or 3) * G * kh * kw]; zeros (mmcv's init_offset)
+      unless a model re-initialises it (AlignPS's neck: Xavier).
     dtype: computation dtype (None: from the inputs and params).
     param_dtype: dtype of the parameters.
   """
@@ -56,6 +60,7 @@ class DeformConv(nn.Module):
   use_bias: bool = True
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros_init()
+  offset_kernel_init: Initializer = nn.initializers.zeros_init()
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
@@ -82,12 +87,12 @@ class DeformConv(nn.Module):
     padding = deform_ops.canonical_padding(self.padding)
     taps = self.offset_groups * kh * kw
     num_offset_outputs = (3 if self.modulated else 2) * taps
-    # Zero init: the layer starts as a regular convolution (mmcv's
-    # init_offset), and v2 masks start at 0.5.
+    # With the default zero kernel the layer starts as a regular convolution
+    # (mmcv's init_offset), and v2 masks start at 0.5.
     offset_out = nn.Conv(
         num_offset_outputs, (kh, kw), strides=tuple(self.strides),
         padding=padding, kernel_dilation=tuple(self.dilation),
-        kernel_init=nn.initializers.zeros_init(),
+        kernel_init=self.offset_kernel_init,
         bias_init=nn.initializers.zeros_init(), dtype=self.dtype,
         param_dtype=self.param_dtype, name="conv_offset")(x)
     offsets = offset_out[..., :2 * taps]  # [B, Ho, Wo, 2*G*kh*kw]

@@ -25,11 +25,15 @@ The plain FPN (RetinaNet/FCOS) is `fuse="add"`, `lateral_kernel=1`,
 
 Initialisation: plain convs Xavier-uniform with zero bias (mmdet's
 `xavier_init(distribution='uniform')` on `nn.Conv2d`); deformable convs
-mmcv's U(+-1/sqrt(fan_in)) kernel with a zero offset branch. (AlignPS's
-`init_weights` also re-initialises the DCN offset convs, which are
-`nn.Conv2d`, with Xavier; we keep them at zero so a fresh neck samples the
-regular grid. The difference only matters when training the neck from
-scratch.)
+mmcv's U(+-1/sqrt(fan_in)) kernel. Their offset branches (`conv_offset`)
+have a zero bias and, by `offset_init`:
+  'zeros'  (default) a zero kernel, so a fresh neck samples the regular grid
+           (mmcv's DeformConv2dPack.init_offset);
+  'xavier' Xavier-uniform, as AlignPS's `init_weights`, which applies
+           `xavier_init` to every `nn.Conv2d` of the neck, the offset
+           convs included, after the DCN layers were built: training starts
+           with non-zero offsets. The AlignPS paper configs use it.
+Only the starting point of training differs; trained weights load the same.
 
 Nearest upsampling follows torch's `F.interpolate(size=..., mode='nearest')`:
 destination index d reads source floor(d * in / out), which for odd sizes is
@@ -53,6 +57,9 @@ Array = jax.Array
 Dtype = Any
 
 xavier_uniform = nn.initializers.xavier_uniform()
+# `AFANeck.offset_init` -> the kernel initializer of the offset branches.
+OFFSET_INITS = {"zeros": nn.initializers.zeros_init(),
+                "xavier": xavier_uniform}
 
 
 def upsample_nearest(x: Array, height: int, width: int) -> Array:
@@ -84,6 +91,8 @@ class AFANeck(nn.Module):
       'input' (C5) or 'lateral' (fused top lateral).
     relu_before_extra: ReLU before every extra conv but the first (mmdet
       `relu_before_extra_convs`).
+    offset_init: 'zeros' or 'xavier', the deformable convs' offset kernels
+      at initialisation (module docstring).
     dtype: compute dtype.
   """
   out_channels: int = 256
@@ -94,6 +103,7 @@ class AFANeck(nn.Module):
   fuse: str = "concat"
   extra_convs_on: str = "output"
   relu_before_extra: bool = True
+  offset_init: str = "zeros"
   dtype: Dtype | None = None
 
   def _conv(self, features: int, kernel: int, stride: int, dcn: bool,
@@ -103,8 +113,9 @@ class AFANeck(nn.Module):
         raise ValueError("AFANeck: deformable convs are 3x3, stride 1.")
       return DeformConv(features, kernel_size=(3, 3), padding=1,
                         modulated=False, use_bias=False,
-                        kernel_init=dcn_kernel_init, dtype=self.dtype,
-                        name=name)
+                        kernel_init=dcn_kernel_init,
+                        offset_kernel_init=OFFSET_INITS[self.offset_init],
+                        dtype=self.dtype, name=name)
     p = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((p, p), (p, p)), use_bias=True, dtype=self.dtype,
@@ -129,6 +140,9 @@ class AFANeck(nn.Module):
     """
     if self.fuse not in ("concat", "add"):
       raise ValueError(f"fuse: expected 'concat' or 'add', got {self.fuse!r}.")
+    if self.offset_init not in OFFSET_INITS:
+      raise ValueError(f"offset_init: expected one of {tuple(OFFSET_INITS)}, "
+                       f"got {self.offset_init!r}.")
     if self.extra_convs_on not in ("output", "input", "lateral"):
       raise ValueError("extra_convs_on: expected 'output', 'input' or "
                        f"'lateral', got {self.extra_convs_on!r}.")

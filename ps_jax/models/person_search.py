@@ -89,6 +89,9 @@ class AlignPS(nn.Module):
     neck_dcn: deformable (v1) lateral and output convs (True).
     neck_lateral_kernel: plain lateral conv size when not neck_dcn (3; FPN 1).
     neck_relu_before_extra: ReLU before P7's conv (True).
+    neck_offset_init: 'zeros' (default; a fresh neck samples the regular
+      grid) or 'xavier' (AlignPS's init_weights) for the kernels of the
+      neck's deformable offset branches (ps_jax.models.fpn).
     head_num_convs: convs per head tower (4).
     head_dcn_on_last_conv: last tower conv is DCNv2 (True).
     head_norm_groups: GroupNorm groups in the towers (32).
@@ -115,6 +118,7 @@ class AlignPS(nn.Module):
   neck_dcn: bool = True
   neck_lateral_kernel: int = 3
   neck_relu_before_extra: bool = True
+  neck_offset_init: str = "zeros"
   head_num_convs: int = 4
   head_dcn_on_last_conv: bool = True
   head_norm_groups: int = 32
@@ -171,8 +175,8 @@ class AlignPS(nn.Module):
         lateral_kernel=self.neck_lateral_kernel,
         use_dcn_lateral=self.neck_dcn, use_dcn_output=self.neck_dcn,
         fuse=self.neck_fuse, extra_convs_on="output",
-        relu_before_extra=self.neck_relu_before_extra, dtype=dtype,
-        name="neck")(c3_c5, num_levels=num_levels)
+        relu_before_extra=self.neck_relu_before_extra,
+        offset_init=self.neck_offset_init, dtype=dtype, name="neck")(c3_c5, num_levels=num_levels)
     outputs, feature_hw = FCOSHead(
         num_convs=self.head_num_convs, norm_groups=self.head_norm_groups,
         dcn_on_last_conv=self.head_dcn_on_last_conv, conv_bias=True,

@@ -161,6 +161,7 @@ _DEPTHS = (18, 34, 50, 101)
 _CHOICES = {"style": ("caffe", "pytorch"),
             "backbone_norm": ("frozen", "group"),
             "neck_fuse": ("concat", "add"),
+            "neck_offset_init": ("zeros", "xavier"),
             "dtype": ("float32", "bfloat16", "float16")}
 
 

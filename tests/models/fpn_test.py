@@ -179,9 +179,38 @@ def test_xavier_init_for_plain_convs():
   assert np.all(np.asarray(p["fpn_3"]["bias"]) == 0)
 
 
+@pytest.mark.parametrize("offset_init", ["zeros", "xavier"])
+def test_offset_init_of_the_deformable_convs(offset_init):
+  feats = _inputs(SIZES["even"])
+  neck = fpn.AFANeck(out_channels=64, offset_init=offset_init)
+  p = jax.jit(neck.init)(jax.random.key(1, impl="rbg"), feats)["params"]
+  # Every deformable conv of the neck has a 3x3 offset branch with
+  # 2 * 3 * 3 = 18 outputs (DCN v1, one offset group).
+  cins = {"lateral_0": 16, "lateral_1": 32, "lateral_2": 64,
+          "fpn_0": 3 * 64, "fpn_1": 2 * 64, "fpn_2": 64}
+  for name, cin in cins.items():
+    offset = p[name]["conv_offset"]
+    k = np.asarray(offset["kernel"])
+    assert k.shape == (3, 3, cin, 18), name
+    assert np.all(np.asarray(offset["bias"]) == 0), name
+    if offset_init == "zeros":
+      assert np.all(k == 0), name
+    else:
+      # torch's xavier_uniform_ on an [18, cin, 3, 3] weight:
+      # U(+-sqrt(6 / (fan_in + fan_out))), fan_in = 9 cin, fan_out = 9 * 18.
+      limit = np.sqrt(6.0 / (9 * cin + 9 * 18))
+      assert np.abs(k).max() <= limit, name
+      assert abs(k.std() - limit / np.sqrt(3)) < 0.1 * limit, name
+      assert abs(k.mean()) < 0.1 * limit, name
+  # The main deformable kernels do not depend on the option.
+  ref = jax.jit(fpn.AFANeck(out_channels=64).init)(
+      jax.random.key(1, impl="rbg"), feats)["params"]
+  np.testing.assert_array_equal(p["fpn_0"]["kernel"], ref["fpn_0"]["kernel"])
+
+
 @pytest.mark.parametrize("kwargs,field", [
     (dict(fuse="max"), "fuse"), (dict(extra_convs_on="c6"), "extra_convs_on"),
-    (dict(num_outs=2), "num_outs")])
+    (dict(num_outs=2), "num_outs"), (dict(offset_init="ones"), "offset_init")])
 def test_bad_config_names_the_field(kwargs, field):
   neck = fpn.AFANeck(out_channels=C, **kwargs)
   with pytest.raises(ValueError, match=field):
