@@ -24,7 +24,9 @@ def get_config(arg: str = ""):
   c.dataset = common.dataset("prw")
   c.data = common.data(train_scales=common.ALIGNPS_TRAIN_SCALES,
                        test_scale=common.ALIGNPS_TEST_SCALE, batch_size=4,
-                       max_boxes=32, normalization="caffe_bgr")
+                       max_boxes=32, normalization="caffe_bgr",
+                       # mmcv's imresize: OpenCV bilinear, no antialiasing.
+                       resize_antialias=False)
   c.model = common.alignps_model(
       stage_with_dcn=(False, True, True, True) if plus else
       (False, False, False, False),

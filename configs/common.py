@@ -60,16 +60,18 @@ def dataset(name: str, config: str | None = None,
 
 def data(train_scales, test_scale, *, batch_size: int, max_boxes: int,
          normalization: str = "caffe_bgr", flip_prob: float = 0.5,
-         num_workers: int = 0, eval_batch_size: int | None = None
-         ) -> ml_collections.ConfigDict:
+         num_workers: int = 0, eval_batch_size: int | None = None,
+         **options) -> ml_collections.ConfigDict:
   """The input pipeline. `batch_size` is the global batch over all devices
-  (a multiple of the device count)."""
+  (a multiple of the device count). `options` are further PipelineConfig
+  keys (e.g. `resize_antialias`), present only where a config sets them
+  (see `evaluation`)."""
   return ml_collections.ConfigDict(dict(
       train_scales=tuple(tuple(s) for s in train_scales),
       test_scale=tuple(test_scale), batch_size=batch_size,
       eval_batch_size=eval_batch_size or batch_size, max_boxes=max_boxes,
       normalization=normalization, flip_prob=flip_prob,
-      num_workers=num_workers))
+      num_workers=num_workers, **options))
 
 
 def alignps_model(**overrides) -> ml_collections.ConfigDict:

@@ -292,3 +292,14 @@ def test_paper_configs_initialise_neck_offsets_like_alignps():
         config, num_ids=5).model.neck_offset_init == "xavier"
   assert experiment.build_system(
       synthetic.get_config(), num_ids=5).model.neck_offset_init == "zeros"
+
+
+def test_paper_configs_resize_without_antialiasing():
+  for _, config in _paper_configs():
+    assert not pipeline.PipelineConfig.from_config(
+        config.data).resize_antialias
+  assert pipeline.PipelineConfig.from_config(
+      synthetic.get_config().data).resize_antialias
+  with pytest.raises(ValueError, match="data.resize_antialias=0"):
+    pipeline.PipelineConfig.from_config(synthetic.get_config().data,
+                                        resize_antialias=0)

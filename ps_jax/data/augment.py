@@ -28,6 +28,13 @@ orientation mmdet would give a larger image that no longer fits the bucket's
 static canvas; here it is shrunk further so that it fits. Boxes are scaled per
 axis by the realized size (new_w / w, new_h / h) like mmdet, so they stay
 aligned with the resized pixels; `scale` records s.
+Resize filter. `resize_to_bucket(antialias=True)` (default) resizes with
+Pillow's bilinear filter, which widens its support when shrinking, i.e.
+averages over every source pixel a destination pixel covers.
+`antialias=False` is the reference's filter (mmcv `imresize`: OpenCV
+INTER_LINEAR): each destination pixel interpolates the 2 x 2 source pixels
+around src = (dst + 0.5) * in / out - 0.5 (clamped to the image), whatever
+the scale, so a shrunk image keeps more aliasing (`resize_bilinear`).
 `padded_size` rounds the bucket up to a multiple of `size_divisor` (mmdet's
 `Pad(size_divisor=32)`): that is the static (H, W) of every image in the batch.
 """
@@ -153,21 +160,65 @@ def padded_size(bucket_hw: Sequence[int], size_divisor: int = 1
   return tuple(-(-int(v) // d) * d for v in bucket_hw)  # type: ignore
 
 
+def _linear_taps(n_out: int, n_in: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """OpenCV INTER_LINEAR taps along one axis: i64[n_out] first and second
+  source index, f32[n_out] weight of the second."""
+  src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+  src = np.clip(src, 0.0, n_in - 1)
+  first = np.floor(src).astype(np.int64)
+  second = np.minimum(first + 1, n_in - 1)
+  return first, second, (src - first).astype(np.float32)
+
+
+def resize_bilinear(image: np.ndarray, new_hw: Sequence[int]) -> np.ndarray:
+  """Bilinear resize without antialiasing, as OpenCV's INTER_LINEAR.
+
+  Destination pixel d of an axis of n_in -> n_out pixels reads the source
+  position (d + 0.5) * n_in / n_out - 0.5, clamped to [0, n_in - 1], and
+  interpolates its two neighbours; the two axes are separable.
+
+  Args:
+    image: uint8[h, w, C] (or float) image.
+    new_hw: (new_h, new_w).
+  Returns:
+    [new_h, new_w, C] of the input's dtype; uint8 rounds to the nearest
+    level (OpenCV's fixed-point weights can differ from it by one level).
+  """
+  h, w = image.shape[:2]
+  new_h, new_w = (int(v) for v in new_hw)
+  y0, y1, fy = _linear_taps(new_h, h)
+  x0, x1, fx = _linear_taps(new_w, w)
+  src = image.astype(np.float32)
+  fy = fy[:, None, None]
+  rows = src[y0] * (1.0 - fy) + src[y1] * fy  # [new_h, w, C]
+  fx = fx[None, :, None]
+  out = rows[:, x0] * (1.0 - fx) + rows[:, x1] * fx  # [new_h, new_w, C]
+  if image.dtype == np.uint8:
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+  return out.astype(image.dtype)
+
+
 def resize_to_bucket(example: dict[str, Any], rng: np.random.Generator | None,
-                     *, bucket_hw: Sequence[int]) -> dict[str, Any]:
+                     *, bucket_hw: Sequence[int], antialias: bool = True
+                     ) -> dict[str, Any]:
   """Resizes the image (bilinear) to fit `bucket_hw`, boxes along.
 
   The bucket is chosen by the caller (one per batch, so that a batch has one
   static shape); see the module docstring for the exact size rule. Boxes are
   scaled per axis by new_size / old_size and clipped to the resized image.
+  `antialias=False` uses the reference's filter (`resize_bilinear`) instead
+  of Pillow's antialiased bilinear.
   """
   del rng
   h, w = (int(v) for v in example["image_hw"])
   s, (new_h, new_w) = fit_scale((h, w), bucket_hw)
   out = dict(example)
-  if (new_h, new_w) != (h, w):
+  if (new_h, new_w) != (h, w) and antialias:
     out["image"] = np.asarray(Image.fromarray(example["image"]).resize(
         (new_w, new_h), Image.Resampling.BILINEAR))
+  elif (new_h, new_w) != (h, w):
+    out["image"] = resize_bilinear(example["image"], (new_h, new_w))
   factors = np.array([new_w / w, new_h / h, new_w / w, new_h / h], np.float32)
   boxes = example["boxes_xyxy"] * factors
   out["boxes_xyxy"] = np.asarray(

@@ -105,6 +105,9 @@ class PipelineConfig:
     min_box_size: boxes with width or height <= this many network pixels
       after resizing are dropped (and logged).
     shuffle_seed: the seed used when `train_iterator` gets seed=None.
+    resize_antialias: True (default) resizes with Pillow's antialiased
+      bilinear filter; False with the reference's (mmcv/OpenCV bilinear,
+      no antialiasing when shrinking; `augment.resize_bilinear`).
     num_workers: Grain worker processes; 0 decodes in this process.
     num_threads: threads of Grain's in-process reader (per worker).
     prefetch: batches buffered ahead (per worker / by the reader).
@@ -118,6 +121,7 @@ class PipelineConfig:
   normalization: str = "caffe_bgr"
   size_divisor: int = 32
   min_box_size: float = 0.0
+  resize_antialias: bool = True
   shuffle_seed: int = 0
   num_workers: int = 0
   num_threads: int = 2
@@ -139,6 +143,8 @@ class PipelineConfig:
              "min_box_size", self.min_box_size, "a number >= 0")
     _require(self.normalization in augment.NORMALIZATIONS, "normalization",
              self.normalization, f"one of {augment.NORMALIZATIONS}")
+    _require(isinstance(self.resize_antialias, bool), "resize_antialias",
+             self.resize_antialias, "True or False")
 
   @classmethod
   def from_config(cls, cfg: "PipelineConfig | Mapping[str, Any]",
@@ -398,7 +404,8 @@ class _TrainExample:
         [int(self._seed) % 2**32, self._process_index, position])
     ex = augment.decode(_read(self._source, record), record)
     for op in (
-        functools.partial(augment.resize_to_bucket, bucket_hw=bucket),
+        functools.partial(augment.resize_to_bucket, bucket_hw=bucket,
+                          antialias=cfg.resize_antialias),
         functools.partial(augment.drop_degenerate_boxes,
                           min_size=cfg.min_box_size),
         functools.partial(augment.hflip, prob=cfg.flip_prob),
@@ -503,7 +510,8 @@ class _EvalExample:
     record = self._records[position]
     ex = augment.decode(_read(self._source, record), record)
     for op in (
-        functools.partial(augment.resize_to_bucket, bucket_hw=cfg.test_scale),
+        functools.partial(augment.resize_to_bucket, bucket_hw=cfg.test_scale,
+                          antialias=cfg.resize_antialias),
         functools.partial(augment.drop_degenerate_boxes,
                           min_size=cfg.min_box_size),
         functools.partial(augment.normalize, mode=cfg.normalization),

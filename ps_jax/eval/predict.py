@@ -311,10 +311,15 @@ class Predictor:
     cfg = self._data
     # The input resizing and normalization change the embeddings as much as
     # the system's own options do.
-    text = json.dumps({"system": cache.describe(self.system),
-                       "test_scale": list(cfg.test_scale),
-                       "size_divisor": cfg.size_divisor,
-                       "normalization": cfg.normalization}, sort_keys=True)
+    described = {"system": cache.describe(self.system),
+                 "test_scale": list(cfg.test_scale),
+                 "size_divisor": cfg.size_divisor,
+                 "normalization": cfg.normalization}
+    # Named only when not the default, so that the hashes of existing
+    # indexes stay valid.
+    if not cfg.resize_antialias:
+      described["resize_antialias"] = False
+    text = json.dumps(described, sort_keys=True)
     return {"type": type(self.system).__name__,
             "hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
@@ -339,7 +344,8 @@ class Predictor:
           "orig_hw": np.array(image.shape[:2], np.int32),
           "scale": np.float32(1.0)}
     canvas = augment.padded_size(cfg.test_scale, cfg.size_divisor)
-    ex = augment.resize_to_bucket(ex, None, bucket_hw=cfg.test_scale)
+    ex = augment.resize_to_bucket(ex, None, bucket_hw=cfg.test_scale,
+                                  antialias=cfg.resize_antialias)
     ex = augment.normalize(ex, None, mode=cfg.normalization)
     ex = augment.pad_to(ex, None, canvas_hw=canvas, max_boxes=1)
     return {

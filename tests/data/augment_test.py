@@ -253,3 +253,66 @@ def test_pad_to_too_many_people_names_image_and_setting():
     augment.pad_to(ex, None, canvas_hw=(8, 8), max_boxes=2)
   with pytest.raises(ValueError, match="canvas"):
     augment.pad_to(ex, None, canvas_hw=(4, 8), max_boxes=4)
+
+
+def _slow_inter_linear(image, new_h, new_w):
+  """OpenCV's INTER_LINEAR (cv::resize, float weights), one pixel at a
+  time: sx = (dx + 0.5) * w / new_w - 0.5, floored; sx < 0 reads column 0
+  with weight 1 and sx >= w - 1 the last column with weight 1; same for
+  rows."""
+  h, w = image.shape[:2]
+
+  def tap(d, n_in, n_out):
+    f = (d + 0.5) * n_in / n_out - 0.5
+    i = int(np.floor(f))
+    f -= i
+    if i < 0:
+      i, f = 0, 0.0
+    if i >= n_in - 1:
+      i, f = n_in - 1, 0.0
+    return i, min(i + 1, n_in - 1), f
+
+  out = np.zeros((new_h, new_w, image.shape[2]))
+  for dy in range(new_h):
+    y0, y1, fy = tap(dy, h, new_h)
+    for dx in range(new_w):
+      x0, x1, fx = tap(dx, w, new_w)
+      out[dy, dx] = ((1 - fy) * ((1 - fx) * image[y0, x0].astype(float)
+                                 + fx * image[y0, x1])
+                     + fy * ((1 - fx) * image[y1, x0].astype(float)
+                             + fx * image[y1, x1]))
+  return out
+
+
+def test_resize_bilinear_hand_values():
+  # Shrinking 6 -> 2 columns (scale 3) reads source columns 1.0 and 4.0
+  # exactly: no averaging over the other source columns.
+  row = np.array([0, 90, 0, 0, 240, 0], np.uint8)
+  image = np.repeat(row[None, :, None], 3, axis=2)  # [1, 6, 3]
+  out = augment.resize_bilinear(image, (1, 2))
+  np.testing.assert_array_equal(out[0, :, 0], [90, 240])
+  # Pillow's bilinear (the default) averages the covered pixels instead.
+  ex = _example(1, 6, np.zeros((0, 4)), image=image)
+  smooth = augment.resize_to_bucket(ex, None, bucket_hw=(1, 2))["image"]
+  assert smooth[0, 0, 0] < 90 and smooth[0, 1, 0] < 240
+  sharp = augment.resize_to_bucket(ex, None, bucket_hw=(1, 2),
+                                   antialias=False)["image"]
+  np.testing.assert_array_equal(sharp, out)
+  # Enlarging 2 -> 4 (scale 1/2): sources -0.25 (clamped to 0), 0.25, 0.75,
+  # 1.25 (clamped to 1).
+  image = np.repeat(np.array([0, 100], np.uint8)[None, :, None], 3, axis=2)
+  out = augment.resize_bilinear(image, (1, 4))
+  np.testing.assert_array_equal(out[0, :, 0], [0, 25, 75, 100])
+
+
+@pytest.mark.parametrize("hw,new_hw", [((7, 11), (3, 4)), ((5, 6), (9, 13)),
+                                       ((8, 5), (8, 2)), ((1, 1), (2, 3))])
+def test_resize_bilinear_equals_the_slow_opencv_rule(hw, new_hw):
+  image = np.random.default_rng(5).integers(0, 256, hw + (3,), np.uint8)
+  want = _slow_inter_linear(image, *new_hw)
+  out = augment.resize_bilinear(image, new_hw)
+  assert out.dtype == np.uint8 and out.shape == tuple(new_hw) + (3,)
+  # float32 arithmetic may round a value within 1e-3 of .5 the other way.
+  np.testing.assert_allclose(out, want, atol=0.5 + 1e-3)
+  floats = augment.resize_bilinear(image.astype(np.float32), new_hw)
+  np.testing.assert_allclose(floats, want, atol=1e-3)
