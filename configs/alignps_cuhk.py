@@ -34,7 +34,10 @@ def get_config(arg: str = ""):
       stage_with_dcn=(False, True, True, True) if plus else
       (False, False, False, False),
       # AlignPS's neck init_weights: Xavier on the deformable offset convs.
-      neck_offset_init="xavier")
+      neck_offset_init="xavier",
+      # P3's "sub" mean over the image padded to a multiple of 32 (testing)
+      # or the batch's largest padded image (training), as the reference.
+      head_sub_mean_region="image_pad32")
   c.loss = common.alignps_loss(oim_queue_size=5000, oim_lut_scale=10.0,
                                oim_queue_scale=10.0, oim_normalize_lut=False,
                                oim_queue_dims=64, triplet=True)

@@ -103,6 +103,7 @@ def test_bad_run_values_fail_before_any_work():
     ("model", "backbone_norm", "batch", "one of"),
     ("model", "neck_fuse", "sum", "one of"),
     ("model", "neck_offset_init", "kaiming", "one of"),
+    ("model", "head_sub_mean_region", "padded", "one of"),
     ("model", "dtype", "float8", "one of"),
     ("model", "strides", [8, 16], "8 \\* 2\\^l"),
     ("model", "stage_with_dcn", [False, True, True, True],
@@ -303,3 +304,13 @@ def test_paper_configs_resize_without_antialiasing():
   with pytest.raises(ValueError, match="data.resize_antialias=0"):
     pipeline.PipelineConfig.from_config(synthetic.get_config().data,
                                         resize_antialias=0)
+
+
+def test_paper_configs_take_the_sub_mean_over_the_reference_padding():
+  for _, config in _paper_configs():
+    model = experiment.build_system(config, num_ids=5).model
+    assert model.head_sub_mean_region == "image_pad32"
+    assert model.needs_image_hw
+  model = experiment.build_system(synthetic.get_config(), num_ids=5).model
+  assert model.head_sub_mean_region == "canvas"
+  assert not model.head_sub_mean_valid_only and not model.needs_image_hw

@@ -13,11 +13,20 @@ Conventions:
 The head (mmdet `FCOSHead` + AlignPS `FCOSReidHeadFocalSubTriQueue`;
 docs/alignps.md describes the model):
   * "sub": P3 minus its per-image, per-channel spatial mean, before both
-    towers and the re-ID read-out. AlignPS averages over the whole padded
-    map (`sub_mean_valid_only=False`, the default); with
-    `sub_mean_valid_only=True` and `image_hw` given, the mean is over the
-    cells of the valid image region only (ceil(h / s) x ceil(w / s)), which
-    makes the embedding independent of how much padding a batch carries.
+    towers and the re-ID read-out. The mean covers the top-left region of
+    the map that `sub_mean_region` names (s = P3's stride, (h, w) an image's
+    `image_hw`):
+      'canvas'       the whole padded map (the default);
+      'image'        the image's own cells, ceil(h / s) x ceil(w / s): the
+                     embedding does not depend on the padding
+                     (`sub_mean_valid_only=True` is the same);
+      'image_pad32'  the reference's padding (mmdet Pad(size_divisor=32)):
+                     the image rounded up to a multiple of 32 pixels,
+                     ceil(h / 32) * 32 / s x ceil(w / 32) * 32 / s cells.
+                     With `batch_pad=True` (training) the region is that
+                     of the batch's largest height and width, as mmdet pads
+                     a training batch to its largest image; in testing the
+                     reference runs one image at a time.
   * cls and reg towers, shared over levels: `num_convs` x (3x3 conv with
     bias, GroupNorm(gcd(32, C)), ReLU); with `dcn_on_last_conv` the last conv
     of each tower is a modulated deformable conv (DCNv2);
@@ -52,6 +61,35 @@ Array = jax.Array
 Dtype = Any
 
 normal_001 = nn.initializers.normal(stddev=0.01)
+SUB_MEAN_REGIONS = ("canvas", "image", "image_pad32")
+# mmdet's Pad(size_divisor=32) in the reference's pipelines.
+REFERENCE_SIZE_DIVISOR = 32
+
+
+def mean_region_cells(image_hw: Array, stride: int, region: str, *,
+                      batch_pad: bool = False) -> Array:
+  """Rows and columns of a stride-`stride` map that the "sub" mean covers.
+
+  Args:
+    image_hw: i32[B, 2] (height, width) of each image, network pixels.
+    stride: the map's stride, pixels.
+    region: 'image' (ceil(hw / stride)) or 'image_pad32' (hw rounded up to a
+      multiple of 32 first).
+    batch_pad: with 'image_pad32', every image gets the batch's largest
+      padded height and width.
+  Returns:
+    i32[B, 2] cells (may exceed the map; `subtract_spatial_mean` clips).
+  """
+  hw = jnp.asarray(image_hw, jnp.int32)
+  if region == "image_pad32":
+    d = REFERENCE_SIZE_DIVISOR
+    hw = (hw + d - 1) // d * d
+    if batch_pad:
+      hw = jnp.broadcast_to(jnp.max(hw, axis=0, keepdims=True), hw.shape)
+  elif region != "image":
+    raise ValueError(f"region: expected 'image' or 'image_pad32', got "
+                     f"{region!r}.")
+  return (hw + stride - 1) // stride
 
 
 def subtract_spatial_mean(x: Array, valid_hw: Array | None = None
@@ -93,7 +131,10 @@ class FCOSHead(nn.Module):
     centerness_on_reg: centerness predicted from the reg tower.
     norm_on_bbox: relu regression in stride units (else exp, pixels).
     sub_mean: subtract P3's spatial mean first (AlignPS "sub").
-    sub_mean_valid_only: mean over the valid region (needs `image_hw`).
+    sub_mean_valid_only: the same as sub_mean_region='image' (kept for
+      existing configs).
+    sub_mean_region: 'canvas', 'image' or 'image_pad32' (module docstring);
+      the last two need `image_hw`.
     reid_dim: embedding size; None or equal to the input channels = the
       feature itself; otherwise a 1x1 projection.
     prior_prob: initial foreground probability of `conv_cls` (0.01).
@@ -108,9 +149,23 @@ class FCOSHead(nn.Module):
   norm_on_bbox: bool = True
   sub_mean: bool = True
   sub_mean_valid_only: bool = False
+  sub_mean_region: str = "canvas"
   reid_dim: int | None = None
   prior_prob: float = 0.01
   dtype: Dtype | None = None
+
+  @property
+  def mean_region(self) -> str:
+    """The effective `sub_mean_region` ('image' if sub_mean_valid_only)."""
+    if self.sub_mean_region not in SUB_MEAN_REGIONS:
+      raise ValueError(f"sub_mean_region: expected one of {SUB_MEAN_REGIONS}"
+                       f", got {self.sub_mean_region!r}.")
+    if self.sub_mean_valid_only:
+      if self.sub_mean_region not in ("canvas", "image"):
+        raise ValueError("sub_mean_valid_only=True means sub_mean_region="
+                         f"'image'; got {self.sub_mean_region!r} as well.")
+      return "image"
+    return self.sub_mean_region
 
   def _tower(self, prefix: str, channels: int) -> list[tuple[nn.Module, ...]]:
     layers = []
@@ -134,7 +189,7 @@ class FCOSHead(nn.Module):
 
   @nn.compact
   def __call__(self, feats: Sequence[Array], strides: Sequence[int],
-               image_hw: Array | None = None
+               image_hw: Array | None = None, batch_pad: bool = False
                ) -> tuple[dict[str, Array], list[tuple[int, int]]]:
     """Runs the head on every given level.
 
@@ -143,7 +198,10 @@ class FCOSHead(nn.Module):
         same C.
       strides: stride in pixels of each given level (static ints).
       image_hw: optional i32[B, 2] valid (height, width) of each image in
-        network-input pixels; used only with `sub_mean_valid_only`.
+        network-input pixels; used only when the "sub" mean is not over the
+        canvas.
+      batch_pad: with sub_mean_region='image_pad32', pad every image of
+        the batch to the batch's largest height and width (training).
     Returns:
       (outputs, feature_hw): outputs holds, with P = sum_l h_l * w_l,
         cls_logits f32[B, P, 1], box_ltrb f32[B, P, 4] (>= 0 with
@@ -157,17 +215,21 @@ class FCOSHead(nn.Module):
     if any(f.shape[-1] != channels for f in feats):
       raise ValueError("FCOSHead: all levels need the same channels, got "
                        f"{[f.shape[-1] for f in feats]}.")
-    if self.sub_mean_valid_only and image_hw is None and self.sub_mean:
-      raise ValueError("FCOSHead: sub_mean_valid_only needs image_hw.")
+    region = self.mean_region
+    if region != "canvas" and image_hw is None and self.is_initializing():
+      region = "canvas"  # the parameters do not depend on the region
+    if region != "canvas" and image_hw is None and self.sub_mean:
+      raise ValueError(f"FCOSHead: sub_mean_region={region!r} (or "
+                       "sub_mean_valid_only) needs image_hw.")
     feat_ch = self.feat_channels or channels
     reid_dim = self.reid_dim or channels
 
     feats = list(feats)
     if self.sub_mean:
       valid = None
-      if self.sub_mean_valid_only:
-        s = int(strides[0])
-        valid = (jnp.asarray(image_hw, jnp.int32) + s - 1) // s
+      if region != "canvas":
+        valid = mean_region_cells(image_hw, int(strides[0]), region,
+                                  batch_pad=batch_pad)
       feats[0] = subtract_spatial_mean(feats[0], valid)
 
     cls_tower = self._tower("cls", feat_ch)

@@ -96,8 +96,13 @@ class AlignPS(nn.Module):
     head_dcn_on_last_conv: last tower conv is DCNv2 (True).
     head_norm_groups: GroupNorm groups in the towers (32).
     head_sub_mean: subtract P3's spatial mean (True).
-    head_sub_mean_valid_only: mean over the valid image region only (False;
-      AlignPS averages over the padded map). Needs `image_hw` in __call__.
+    head_sub_mean_valid_only: the same as head_sub_mean_region='image'
+      (False; kept for existing configs).
+    head_sub_mean_region: the region of P3 the "sub" mean covers
+      (ps_jax.models.heads): 'canvas' (default, the padded map), 'image'
+      (the image's own cells) or 'image_pad32' (the reference: the image
+      padded to a multiple of 32 in prediction, the batch's largest padded
+      image in training). All but 'canvas' need `image_hw` in __call__.
     norm_on_bbox: regression in stride units through a ReLU (True).
     centerness_on_reg: centerness on the reg tower (True).
     reid_dim: embedding size D; None (default) or neck_channels = the P3
@@ -124,6 +129,7 @@ class AlignPS(nn.Module):
   head_norm_groups: int = 32
   head_sub_mean: bool = True
   head_sub_mean_valid_only: bool = False
+  head_sub_mean_region: str = "canvas"
   norm_on_bbox: bool = True
   centerness_on_reg: bool = True
   reid_dim: int | None = None
@@ -152,8 +158,8 @@ class AlignPS(nn.Module):
         (the pipeline pads to that) keep every level exactly H / stride.
       train: all levels (True) or only `predict_levels` (False).
       image_hw: optional i32[B, 2] valid (height, width) of each image inside
-        the padded H x W, network pixels; needed only with
-        `head_sub_mean_valid_only`.
+        the padded H x W, network pixels; needed unless the "sub" mean is
+        over the canvas (`needs_image_hw`).
     Returns:
       The output dict described in the module doc.
     """
@@ -183,12 +189,20 @@ class AlignPS(nn.Module):
         centerness_on_reg=self.centerness_on_reg,
         norm_on_bbox=self.norm_on_bbox, sub_mean=self.head_sub_mean,
         sub_mean_valid_only=self.head_sub_mean_valid_only,
+        sub_mean_region=self.head_sub_mean_region,
         reid_dim=self.reid_dim, dtype=dtype, name="head")(
-            feats, strides[:len(feats)], image_hw=image_hw)
+            feats, strides[:len(feats)], image_hw=image_hw, batch_pad=train)
     points, point_strides, point_levels = points_lib.make_points(
         feature_hw, strides[:len(feats)])
     outputs.update(points=points, strides=point_strides, levels=point_levels)
     return outputs
+
+  @property
+  def needs_image_hw(self) -> bool:
+    """Whether __call__ needs `image_hw` (the "sub" mean is not over the
+    padded canvas)."""
+    return self.head_sub_mean and (self.head_sub_mean_valid_only
+                                   or self.head_sub_mean_region != "canvas")
 
   def is_frozen(self, path: Sequence[str]) -> bool:
     """True for parameters the optimizer must never change.

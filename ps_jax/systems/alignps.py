@@ -162,6 +162,7 @@ _CHOICES = {"style": ("caffe", "pytorch"),
             "backbone_norm": ("frozen", "group"),
             "neck_fuse": ("concat", "add"),
             "neck_offset_init": ("zeros", "xavier"),
+            "head_sub_mean_region": ("canvas", "image", "image_pad32"),
             "dtype": ("float32", "bfloat16", "float16")}
 
 
@@ -211,6 +212,13 @@ def check_model(model: AlignPS) -> None:
   _require("model", "predict_levels", model.predict_levels,
            f"at most the {len(strides)} levels of model.strides",
            model.predict_levels <= len(strides))
+  _require("model", "head_sub_mean_valid_only",
+           model.head_sub_mean_valid_only,
+           "True or False (True is head_sub_mean_region='image'; it "
+           "cannot be combined with another region)",
+           isinstance(model.head_sub_mean_valid_only, bool) and not (
+               model.head_sub_mean_valid_only
+               and model.head_sub_mean_region not in ("canvas", "image")))
 
 
 def max_reid_samples(batch_size: int, max_boxes: int,
@@ -292,8 +300,10 @@ class AlignPSSystem:
     """Total loss and auxiliaries (metrics, packed re-ID samples)."""
     del rng  # AlignPS's losses draw no random numbers.
     cfg, memory = self.loss_options, extra
+    kwargs = ({"image_hw": batch["image_hw"]} if self.model.needs_image_hw
+              else {})
     out = self.model.apply({"params": params, **model_state}, batch["image"],
-                           train=True)
+                           train=True, **kwargs)
     ranges = jnp.asarray(cfg.regress_ranges, jnp.float32)
     targets = assign.batched_fcos_targets(
         out["points"], out["strides"], out["levels"], batch["boxes_xyxy"],
@@ -348,8 +358,8 @@ class AlignPSSystem:
     opts = self.predict_options
     image_hw = jnp.asarray(batch["image_hw"], jnp.float32)
     orig_hw = jnp.asarray(batch["orig_hw"], jnp.float32)
-    kwargs = ({"image_hw": batch["image_hw"]}
-              if self.model.head_sub_mean_valid_only else {})
+    kwargs = ({"image_hw": batch["image_hw"]} if self.model.needs_image_hw
+              else {})
     out = self.model.apply(variables, batch["image"], train=False, **kwargs)
     # Per-axis (y, x) network px per original px: the exact inverse of the
     # pipeline's resize. Padding examples (orig_hw = 0) get 1.

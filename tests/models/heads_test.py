@@ -191,6 +191,41 @@ def test_valid_region_mean_uses_ceil_of_image_over_stride():
     head.apply({"params": p}, feats, STRIDES[:1])
 
 
+@pytest.mark.parametrize("batch_pad", [False, True])
+def test_pad32_region_mean_is_the_reference_padding(batch_pad):
+  head = heads.FCOSHead(num_convs=1, dcn_on_last_conv=False,
+                        sub_mean_region="image_pad32")
+  feats = _feats(c=8, sizes=((8, 10),), seed=9)  # a 64 x 80 canvas
+  p = _random_params(head, feats, seed=10, image_hw=jnp.ones((2, 2), int))
+  image_hw = jnp.asarray([[33, 17], [20, 40]], jnp.int32)
+  out, _ = jax.jit(head.apply, static_argnums=(2, 4))(
+      {"params": p}, feats, STRIDES[:1], image_hw, batch_pad)
+  x = np.asarray(feats[0])
+  emb = np.asarray(out["reid_emb"]).reshape(2, 8, 10, 8)
+  # Padded to multiples of 32: 33 x 17 -> 64 x 32 (8 x 4 cells), 20 x 40 ->
+  # 32 x 64 (4 x 8 cells); a training batch pads both to 64 x 64 (8 x 8).
+  cells = [(8, 8), (8, 8)] if batch_pad else [(8, 4), (4, 8)]
+  for b, (h, w) in enumerate(cells):
+    np.testing.assert_allclose(emb[b], x[b] - x[b, :h, :w].mean(axis=(0, 1)),
+                               atol=1e-5)
+
+
+def test_mean_region_cells_by_hand():
+  hw = jnp.asarray([[900, 1500], [844, 1500], [1, 1]], jnp.int32)
+  # 900 x 1500 -> 928 x 1504 -> 116 x 188 stride-8 cells; a 1500 x 844
+  # PRW frame -> 864 x 1504 (108 rows, the reference's 20 padded pixels).
+  np.testing.assert_array_equal(
+      heads.mean_region_cells(hw, 8, "image_pad32"),
+      [[116, 188], [108, 188], [4, 4]])
+  np.testing.assert_array_equal(
+      heads.mean_region_cells(hw, 8, "image_pad32", batch_pad=True),
+      [[116, 188]] * 3)
+  np.testing.assert_array_equal(heads.mean_region_cells(hw, 8, "image"),
+                                [[113, 188], [106, 188], [1, 1]])
+  with pytest.raises(ValueError, match="sub_mean_region"):
+    heads.FCOSHead(sub_mean_region="padded").mean_region
+
+
 def test_mismatched_levels_and_strides_raise():
   head = heads.FCOSHead(num_convs=1, dcn_on_last_conv=False)
   with pytest.raises(ValueError, match="strides"):

@@ -120,3 +120,48 @@ def test_queue_dims_must_fit_the_embedding():
                   predict={})
   systems.build("alignps", num_ids=3, model=model,
                 loss=dict(common.alignps_loss(oim_queue_dims=32)), predict={})
+
+
+def _tiny_system(**model):
+  return systems.build(
+      "alignps", num_ids=5,
+      model=dict(common.alignps_model(
+          depth=18, width_multiplier=0.125, style="pytorch",
+          frozen_stages=-1, backbone_norm="group", neck_channels=16,
+          reid_dim=8, head_num_convs=1, **model)),
+      loss=dict(common.alignps_loss(oim_queue_size=6, oim_queue_dims=None)),
+      predict={"score_threshold": 0.0})
+
+
+def test_pad32_sub_mean_reaches_the_model_in_training_and_prediction():
+  pad32 = _tiny_system(head_sub_mean_region="image_pad32")
+  canvas = _tiny_system()
+  assert pad32.model.needs_image_hw and not canvas.model.needs_image_hw
+  variables, memory = pad32.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  image = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+
+  def batch(image_hw):
+    return {"image": image, "image_hw": jnp.asarray(image_hw, jnp.int32),
+            "orig_hw": jnp.asarray(image_hw, jnp.int32)}
+
+  def embeddings(system, image_hw):
+    return system.predict(variables, batch(image_hw),
+                          jnp.zeros((2, 4)))["query_embedding"]
+
+  # Images that round up to the whole 64 x 64 canvas: the canvas's mean.
+  np.testing.assert_allclose(embeddings(pad32, [[40, 50], [64, 33]]),
+                             embeddings(canvas, [[40, 50], [64, 33]]),
+                             atol=1e-5)
+  # A 30 x 30 image pads to 32 x 32: another mean, another embedding.
+  assert not np.allclose(embeddings(pad32, [[30, 30], [64, 33]])[0],
+                         embeddings(canvas, [[30, 30], [64, 33]])[0],
+                         atol=1e-3)
+  # Training reads image_hw from the batch too.
+  train_batch = dict(batch([[30, 30], [64, 33]]),
+                     boxes_xyxy=jnp.asarray([[[2.0, 2.0, 20.0, 28.0]]] * 2),
+                     pids=jnp.asarray([[1], [2]], jnp.int32),
+                     boxes_valid=jnp.ones((2, 1), bool))
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k != "params"}
+  loss, _ = pad32.loss(params, state, memory, train_batch, jax.random.key(2))
+  assert np.isfinite(float(loss))
