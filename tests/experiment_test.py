@@ -314,3 +314,14 @@ def test_paper_configs_take_the_sub_mean_over_the_reference_padding():
   model = experiment.build_system(synthetic.get_config(), num_ids=5).model
   assert model.head_sub_mean_region == "canvas"
   assert not model.head_sub_mean_valid_only and not model.needs_image_hw
+
+
+@pytest.mark.parametrize("name, config", _paper_configs(),
+                         ids=lambda x: x if isinstance(x, str) else "")
+def test_paper_configs_build_with_every_reference_option(name, config):
+  num_ids = 5532 if name.startswith("cuhk") else 483
+  system = experiment.build_system(config, num_ids=num_ids)
+  assert system.num_ids == num_ids
+  experiment.eval_options(config)
+  experiment.optim_options(config)
+  pipeline.PipelineConfig.from_config(config.data)
