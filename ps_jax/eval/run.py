@@ -117,6 +117,9 @@ def evaluate(system: Any, variables: Any, *, data: EvalData,
       "system": cache_lib.describe(system),
       "data": {k: cache_lib.describe(getattr(data.pipeline, k))
                for k in ("test_scale", "normalization", "size_divisor")}}
+  if not data.pipeline.resize_antialias:
+    # Keyed only when off, so the caches of existing runs stay valid.
+    key_parts["data"]["resize_antialias"] = False
 
   def compute():
     step_fn = predict.make_predict_step(system)
