@@ -164,7 +164,7 @@ class _OnePointModel:
   point: int = 9
   ltrb: tuple = (1.0, 1.0, 5.0, 6.0)  # stride units
   norm_on_bbox: bool = True
-  head_sub_mean_valid_only: bool = False
+  needs_image_hw: bool = False  # AlignPS: whether apply() takes image_hw
 
   def apply(self, variables, images, train=False):
     del train
