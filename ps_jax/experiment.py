@@ -35,6 +35,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ps_jax import checks
 from ps_jax import checkpoint
 from ps_jax import systems
 from ps_jax.data import pipeline
@@ -87,12 +88,10 @@ def one_line(error: BaseException) -> str:
 
 
 def _require(ok: bool, name: str, value: Any, expected: str) -> None:
-  if not ok:
-    raise ConfigError(f"{name}={value!r}; expected {expected}")
+  checks.require(ok, name, value, expected, error=ConfigError)
 
 
-def _integer(value: Any) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
+_integer = checks.is_integer
 
 
 @dataclasses.dataclass(frozen=True)

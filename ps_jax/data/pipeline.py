@@ -75,6 +75,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from ps_jax import checks
 from ps_jax.data import augment
 
 TRAIN_KEYS = ("image", "boxes_xyxy", "pids", "boxes_valid", "image_hw",
@@ -172,17 +173,14 @@ class PipelineConfig:
 
 
 def _require(ok: bool, name: str, value: Any, expected: str) -> None:
-  if not ok:
-    raise ValueError(f"data.{name}={value!r}; expected {expected}")
+  checks.require(ok, f"data.{name}", value, expected)
 
 
-def _is_number(value: Any) -> bool:
-  return (isinstance(value, (int, float, np.integer, np.floating))
-          and not isinstance(value, bool) and bool(np.isfinite(value)))
+_is_number = checks.is_number
 
 
 def _require_int(name: str, value: Any, low: int | None) -> None:
-  ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+  ok = checks.is_integer(value)
   if low is None:
     _require(ok, name, value, "an integer")
   else:

@@ -31,14 +31,13 @@ resize, x * orig_w / image_w and y * orig_h / image_h.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from ps_jax import checks
 from ps_jax import pretrained
 from ps_jax.losses import fcos as fcos_losses
 from ps_jax.losses import oim
@@ -138,17 +137,10 @@ class AlignPSPredict:
 
 def _require(section: str, name: str, value: Any, expected: str,
              ok: bool) -> None:
-  if not ok:
-    raise ValueError(f"{section}.{name}={value!r}; expected {expected}")
+  checks.require(ok, f"{section}.{name}", value, expected)
 
 
-def _integer(value: Any) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> bool:
-  return (isinstance(value, (int, float, np.integer, np.floating))
-          and not isinstance(value, bool) and math.isfinite(value))
+_integer, _number = checks.is_integer, checks.is_number
 
 
 def _sequence(value: Any) -> bool:

@@ -21,14 +21,14 @@ The default follows the more common practice of not decaying them.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+
+from ps_jax import checks
 
 FROZEN, BIAS, NORM, WEIGHT = "frozen", "bias", "norm", "weight"
 
@@ -80,17 +80,10 @@ class OptimOptions:
 
 
 def _require(ok: bool, name: str, value: Any, expected: str) -> None:
-  if not ok:
-    raise ValueError(f"optim.{name}={value!r}; expected {expected}")
+  checks.require(ok, f"optim.{name}", value, expected)
 
 
-def _integer(value: Any) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> bool:
-  return (isinstance(value, (int, float, np.integer, np.floating))
-          and not isinstance(value, bool) and math.isfinite(value))
+_integer, _number = checks.is_integer, checks.is_number
 
 
 # Substrings of a module name that mark a normalization layer's parameters.
