@@ -13,6 +13,7 @@ from ps_jax import systems
 from ps_jax.ops import assign
 from ps_jax.ops import points as points_lib
 from ps_jax.systems import alignps
+from ps_jax.systems import base
 
 
 # --------------------------------------------------------------------------
@@ -165,3 +166,34 @@ def test_pad32_sub_mean_reaches_the_model_in_training_and_prediction():
   state = {k: v for k, v in variables.items() if k != "params"}
   loss, _ = pad32.loss(params, state, memory, train_batch, jax.random.key(2))
   assert np.isfinite(float(loss))
+
+
+def test_typed_options_skip_linen_fields_and_make_lists_tuples():
+  loss = base.typed("loss", alignps.AlignPSLoss,
+                    {"regress_ranges": [[-1, 8]], "triplet": False})
+  assert loss.regress_ranges == ((-1.0, 8.0),) and loss.triplet is False
+  model = base.typed("model", alignps.AlignPS, {"strides": [8, 16, 32]})
+  assert model.strides == (8, 16, 32)
+  # A linen module's own `name` and `parent` are not options.
+  with pytest.raises(ValueError, match=r"model: unknown key\(s\) \['name'\]"):
+    base.typed("model", alignps.AlignPS, {"name": "x"})
+
+
+def test_init_rngs_are_the_seeds_keys_and_differ():
+  init_a, train_a = base.init_rngs(3)
+  init_b, _ = base.init_rngs(3)
+  init_c, _ = base.init_rngs(4)
+  data = jax.random.key_data
+  np.testing.assert_array_equal(data(init_a), data(init_b))
+  assert not np.array_equal(data(init_a), data(init_c))
+  assert not np.array_equal(data(init_a), data(train_a))
+  assert base.example_images((5, 7)).shape == (1, 5, 7, 3)
+
+
+def test_check_predictions_names_missing_outputs():
+  out = dict.fromkeys(base.PREDICT_OUTPUTS)
+  base.check_predictions(out, "Toy")
+  del out["valid"]
+  with pytest.raises(ValueError, match=r"Toy: predict\(\) returned no "
+                     r"\['valid'\]"):
+    base.check_predictions(out, "Toy")
