@@ -29,7 +29,10 @@ def get_config(arg: str = ""):
                        test_scale=common.ALIGNPS_TEST_SCALE, batch_size=4,
                        max_boxes=32, normalization="caffe_bgr",
                        # mmcv's imresize: OpenCV bilinear, no antialiasing.
-                       resize_antialias=False)
+                       resize_antialias=False,
+                       # Images taller than wide get the transposed bucket
+                       # and their own batches (mmdet's GroupSampler).
+                       portrait_buckets=True)
   c.model = common.alignps_model(
       stage_with_dcn=(False, True, True, True) if plus else
       (False, False, False, False),

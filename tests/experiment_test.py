@@ -306,6 +306,13 @@ def test_paper_configs_resize_without_antialiasing():
                                         resize_antialias=0)
 
 
+def test_paper_configs_give_portrait_images_portrait_buckets():
+  for _, config in _paper_configs():
+    assert pipeline.PipelineConfig.from_config(config.data).portrait_buckets
+  assert not pipeline.PipelineConfig.from_config(
+      synthetic.get_config().data).portrait_buckets
+
+
 def test_paper_configs_take_the_sub_mean_over_the_reference_padding():
   for _, config in _paper_configs():
     model = experiment.build_system(config, num_ids=5).model

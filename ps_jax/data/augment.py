@@ -35,6 +35,11 @@ averages over every source pixel a destination pixel covers.
 INTER_LINEAR): each destination pixel interpolates the 2 x 2 source pixels
 around src = (dst + 0.5) * in / out - 0.5 (clamped to the image), whatever
 the scale, so a shrunk image keeps more aliasing (`resize_bilinear`).
+Portrait buckets. With `oriented_bucket` (the pipeline's `portrait_buckets`
+option), an image taller than wide goes into the transposed bucket (W, H), so
+that it gets mmdet's size instead of being shrunk into the landscape canvas;
+the pipeline then keeps portrait and landscape images in separate batches,
+as mmdet's GroupSampler does, so that every batch still has one shape.
 `padded_size` rounds the bucket up to a multiple of `size_divisor` (mmdet's
 `Pad(size_divisor=32)`): that is the static (H, W) of every image in the batch.
 """
@@ -148,6 +153,29 @@ def fit_scale(hw: Sequence[int], bucket_hw: Sequence[int]
   new_h = min(max(int(h * s + 0.5), 1), bh)
   new_w = min(max(int(w * s + 0.5), 1), bw)
   return s, (new_h, new_w)
+
+
+def oriented_bucket(hw: Sequence[int], bucket_hw: Sequence[int]
+                    ) -> tuple[int, int]:
+  """The bucket of an image when portrait buckets are on.
+
+  An image taller than wide (h > w) gets the transposed bucket (W, H) of a
+  landscape bucket (H < W), so that its long side meets the bucket's long
+  side as in mmdet's keep-ratio resize; every other image keeps the bucket.
+
+  Args:
+    hw: (height, width) of the image, pixels.
+    bucket_hw: (H, W) of the bucket, pixels; H <= W.
+
+  Returns:
+    (H', W'), the bucket the image is resized into.
+  """
+  h, w = (int(v) for v in hw)
+  bh, bw = (int(v) for v in bucket_hw)
+  if bh > bw:
+    raise ValueError(f"oriented_bucket: bucket {bh}x{bw} is taller than "
+                     "wide; portrait buckets need landscape or square ones")
+  return (bw, bh) if h > w else (bh, bw)
 
 
 def padded_size(bucket_hw: Sequence[int], size_divisor: int = 1

@@ -43,6 +43,22 @@ source (Grain `ds[p::n]`) and shuffles its own shard; all processes must use
 the same seed. Shards differ in size by at most one record, so epochs end at
 slightly different steps on different processes; training is step-based.
 
+Portrait buckets (`portrait_buckets=True`, AlignPS's paper configs). An image
+taller than wide is resized into the transposed bucket (W, H) instead of
+being shrunk into the landscape canvas (`augment.oriented_bucket`), so it
+gets the size mmdet's keep-ratio resize gives it. A batch must still have one
+shape, so portrait and landscape images are batched apart, as mmdet's
+GroupSampler does: every epoch each group is shuffled, padded with random
+repeats of its own images to a whole number of global batches, cut into
+global batches, and the batches of both groups are shuffled together
+(`grouped_epoch_order`). The order is computed over the whole source from
+(seed, epoch) and process p takes slice p of every global batch, so all
+processes agree on each batch's shape; it is resumable like the default
+order. Evaluation runs the landscape images first, then the portrait ones,
+each padded to whole global batches (the predictions are put back in record
+order by the caller). Finding each record's orientation reads the JPEG
+header of every record once, when the dataset is set up.
+
 The training iterator is a `grain.DatasetIterator`: `get_state()` /
 `set_state()` and `grain.checkpoint.CheckpointSave/Restore` (orbax) resume it
 exactly. With `num_workers > 0`, decoding runs in that many spawned worker
@@ -84,6 +100,8 @@ EVAL_KEYS = TRAIN_KEYS + ("example_valid", "image_id")
 
 # Salt that separates the bucket stream from the other uses of the seed.
 _BUCKET_SALT = 0x6275636B
+# Salt of the portrait/landscape grouped epoch order.
+_GROUP_SALT = 0x67726F75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +127,10 @@ class PipelineConfig:
     resize_antialias: True (default) resizes with Pillow's antialiased
       bilinear filter; False with the reference's (mmcv/OpenCV bilinear,
       no antialiasing when shrinking; `augment.resize_bilinear`).
+    portrait_buckets: False (default) fits every image into the bucket as
+      it is; True gives images taller than wide the transposed bucket
+      (`augment.oriented_bucket`) and batches them apart from the others
+      (module docstring). Needs landscape or square buckets (H <= W).
     num_workers: Grain worker processes; 0 decodes in this process.
     num_threads: threads of Grain's in-process reader (per worker).
     prefetch: batches buffered ahead (per worker / by the reader).
@@ -123,6 +145,7 @@ class PipelineConfig:
   size_divisor: int = 32
   min_box_size: float = 0.0
   resize_antialias: bool = True
+  portrait_buckets: bool = False
   shuffle_seed: int = 0
   num_workers: int = 0
   num_threads: int = 2
@@ -146,6 +169,14 @@ class PipelineConfig:
              self.normalization, f"one of {augment.NORMALIZATIONS}")
     _require(isinstance(self.resize_antialias, bool), "resize_antialias",
              self.resize_antialias, "True or False")
+    _require(isinstance(self.portrait_buckets, bool), "portrait_buckets",
+             self.portrait_buckets, "True or False")
+    if self.portrait_buckets:
+      for name, buckets in (("train_scales", self.train_scales),
+                            ("test_scale", (self.test_scale,))):
+        _require(all(h <= w for h, w in buckets), name, buckets,
+                 "buckets no taller than wide (H <= W) with "
+                 "portrait_buckets=True")
 
   @classmethod
   def from_config(cls, cfg: "PipelineConfig | Mapping[str, Any]",
@@ -357,6 +388,66 @@ def bucket_index(seed: int, batch_index: int, num_buckets: int) -> int:
   return int(rng.integers(num_buckets))
 
 
+def record_hw(record: Mapping[str, Any]) -> tuple[int, int]:
+  """(height, width) of a record's image, from the JPEG header when the image
+  is still encoded (a `data_source` record) or from the array's shape."""
+  image = record["image"]
+  if isinstance(image, (bytes, np.bytes_)):
+    import io  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    width, height = Image.open(io.BytesIO(bytes(image))).size
+    return int(height), int(width)
+  shape = np.shape(image)
+  return int(shape[0]), int(shape[1])
+
+
+def portrait_flags(source: Sequence[Mapping[str, Any]]) -> np.ndarray:
+  """bool[n]: True where record i's image is taller than wide.
+
+  Raises ValueError naming the record when its image header is unreadable.
+  """
+  flags = np.zeros((len(source),), bool)
+  for i in range(len(source)):
+    try:
+      h, w = record_hw(_read(source, i))
+    except (OSError, ValueError) as e:
+      raise ValueError(f"record {i}: cannot read the image size ({e})") from e
+    flags[i] = h > w
+  return flags
+
+
+def grouped_epoch_order(portrait: np.ndarray, global_batch: int, seed: int,
+                        epoch: int) -> np.ndarray:
+  """The record order of one epoch with portrait and landscape images in
+  separate global batches (mmdet's GroupSampler rule, over the whole source).
+
+  Each orientation group is shuffled and padded with random repeats of its
+  own records to a multiple of `global_batch`; the global batches of both
+  groups are then shuffled together. The epoch's length depends only on the
+  group sizes, so it is the same in every epoch.
+
+  Args:
+    portrait: bool[n], True for an image taller than wide.
+    global_batch: G, images per global batch (all processes together).
+    seed: the training seed; epoch: the epoch number (both seed the order).
+
+  Returns:
+    i64[num_batches * G] record indices; rows of G are one orientation.
+  """
+  portrait = np.asarray(portrait, bool)
+  rng = np.random.default_rng([_GROUP_SALT, int(seed) % 2**32, int(epoch)])
+  batches = []
+  for group in (np.flatnonzero(~portrait), np.flatnonzero(portrait)):
+    if len(group) == 0:
+      continue
+    order = rng.permutation(group)
+    extra = -len(order) % global_batch
+    order = np.concatenate([order, rng.choice(order, extra)])
+    batches.append(order.reshape(-1, global_batch))
+  rows = np.concatenate(batches)
+  return rows[rng.permutation(len(rows))].reshape(-1).astype(np.int64)
+
+
 def _read(source: Sequence[Mapping[str, Any]], record: int) -> Mapping:
   try:
     return source[record]
@@ -401,6 +492,8 @@ class _TrainExample:
     rng = np.random.default_rng(
         [int(self._seed) % 2**32, self._process_index, position])
     ex = augment.decode(_read(self._source, record), record)
+    if cfg.portrait_buckets:
+      bucket = augment.oriented_bucket(ex["image_hw"], bucket)
     for op in (
         functools.partial(augment.resize_to_bucket, bucket_hw=bucket,
                           antialias=cfg.resize_antialias),
@@ -414,6 +507,39 @@ class _TrainExample:
     ):
       ex = op(ex, rng)
     return _batch_features(ex)
+
+
+class _GroupedTrainExample:
+  """Stream position of this process -> the training example of the record
+  at that position of the portrait/landscape grouped order
+  (`grouped_epoch_order`).
+
+  A module-level class, so Grain can pickle it into worker processes.
+  """
+
+  def __init__(self, example: _TrainExample, portrait: np.ndarray,
+               batch_size: int, process_index: int, process_count: int,
+               seed: int):
+    self._example = example
+    self._portrait = np.asarray(portrait, bool)
+    self._batch = batch_size
+    self._pi = process_index
+    self._global = batch_size * process_count
+    self._seed = seed
+    self._epoch = None
+    self._order = None
+    self.epoch_length = len(grouped_epoch_order(
+        self._portrait, self._global, seed, 0)) // process_count
+
+  def __call__(self, position: int, _: Any) -> dict[str, np.ndarray]:
+    epoch, p = divmod(int(position), self.epoch_length)
+    if epoch != self._epoch:
+      self._order = grouped_epoch_order(self._portrait, self._global,
+                                        self._seed, epoch)
+      self._epoch = epoch
+    batch, slot = divmod(p, self._batch)
+    record = self._order[batch * self._global + self._pi * self._batch + slot]
+    return self._example(position, int(record))
 
 
 def _process(process_index: int | None, process_count: int | None
@@ -458,12 +584,19 @@ def train_dataset(source: Sequence[Mapping[str, Any]],
   if n < pc:
     raise ValueError(f"the data source has {n} records, fewer than the "
                      f"{pc} processes reading it")
-  ds = (grain.MapDataset.range(n)[pi::pc]
-        .shuffle(seed=seed % 2**32)
-        .repeat(None)
-        .map_with_index(_TrainExample(source, cfg, seed, pi))
-        .batch(cfg.batch_size, drop_remainder=True))
-  return _to_iter(ds, cfg)
+  example = _TrainExample(source, cfg, seed, pi)
+  if cfg.portrait_buckets:
+    grouped = _GroupedTrainExample(example, portrait_flags(source),
+                                   cfg.batch_size, pi, pc, seed)
+    ds = (grain.MapDataset.range(grouped.epoch_length)
+          .repeat(None)
+          .map_with_index(grouped))
+  else:
+    ds = (grain.MapDataset.range(n)[pi::pc]
+          .shuffle(seed=seed % 2**32)
+          .repeat(None)
+          .map_with_index(example))
+  return _to_iter(ds.batch(cfg.batch_size, drop_remainder=True), cfg)
 
 
 def train_iterator(source: Sequence[Mapping[str, Any]],
@@ -493,22 +626,27 @@ def train_iterator(source: Sequence[Mapping[str, Any]],
 
 
 class _EvalExample:
-  """Position in this process's padded eval stream -> one example."""
+  """Position in this process's padded eval stream -> one example.
 
-  def __init__(self, source, cfg: PipelineConfig, records: Sequence[int]):
+  `slots` holds (record, bucket) per position; record -1 is a padding
+  example on the canvas of that bucket.
+  """
+
+  def __init__(self, source, cfg: PipelineConfig,
+               slots: Sequence[tuple[int, tuple[int, int]]]):
     self._source = source
     self._cfg = cfg
-    self._records = list(records)
+    self._slots = list(slots)
 
   def __call__(self, position: int) -> dict[str, np.ndarray]:
     cfg = self._cfg
-    canvas = augment.padded_size(cfg.test_scale, cfg.size_divisor)
-    if position >= len(self._records):
+    record, bucket = self._slots[position]
+    canvas = augment.padded_size(bucket, cfg.size_divisor)
+    if record < 0:
       return _padding_example(canvas, cfg.max_boxes)
-    record = self._records[position]
     ex = augment.decode(_read(self._source, record), record)
     for op in (
-        functools.partial(augment.resize_to_bucket, bucket_hw=cfg.test_scale,
+        functools.partial(augment.resize_to_bucket, bucket_hw=bucket,
                           antialias=cfg.resize_antialias),
         functools.partial(augment.drop_degenerate_boxes,
                           min_size=cfg.min_box_size),
@@ -556,7 +694,11 @@ def eval_batches(source: Sequence[Mapping[str, Any]],
 
   Process p of n takes records p, p + n, ...; every process yields
   `num_eval_batches(len(source), eval batch size, n)` batches, the last ones
-  padded with examples whose `example_valid` is False.
+  padded with examples whose `example_valid` is False. With
+  `portrait_buckets`, landscape records come first and portrait ones (on the
+  transposed canvas) after them, each group padded to whole global batches
+  and process p taking slice p of each (module docstring), so records are
+  not in index order: place the outputs by their `index`.
 
   Args:
     source: random-access records in the schema.py scene format.
@@ -572,11 +714,37 @@ def eval_batches(source: Sequence[Mapping[str, Any]],
   cfg = PipelineConfig.from_config(cfg, **overrides)
   pi, pc = _process(process_index, process_count)
   bs = cfg.per_process_eval_batch_size
-  records = range(pi, len(source), pc)
-  total = num_eval_batches(len(source), bs, pc) * bs
-  if total == 0:
+  if cfg.portrait_buckets:
+    slots = _oriented_eval_slots(portrait_flags(source), cfg.test_scale, bs,
+                                 pi, pc)
+  else:
+    records = list(range(pi, len(source), pc))
+    total = num_eval_batches(len(source), bs, pc) * bs
+    slots = [(r, cfg.test_scale) for r in records]
+    slots += [(-1, cfg.test_scale)] * (total - len(records))
+  if not slots:
     return iter(())
-  ds = (grain.MapDataset.range(total)
-        .map(_EvalExample(source, cfg, records))
+  ds = (grain.MapDataset.range(len(slots))
+        .map(_EvalExample(source, cfg, slots))
         .batch(bs))
   return iter(_to_iter(ds, cfg))
+
+
+def _oriented_eval_slots(portrait: np.ndarray, test_scale: tuple[int, int],
+                         batch_size: int, process_index: int,
+                         process_count: int
+                         ) -> list[tuple[int, tuple[int, int]]]:
+  """This process's (record, bucket) slots with portrait buckets: landscape
+  records in order, then portrait ones, each group padded (record -1) to
+  whole global batches; process p takes slice p of every global batch."""
+  g = batch_size * process_count
+  slots = []
+  for records, bucket in (
+      (np.flatnonzero(~portrait), tuple(test_scale)),
+      (np.flatnonzero(portrait), tuple(test_scale)[::-1])):
+    padded = np.full((-(-len(records) // g) * g,), -1, np.int64)
+    padded[:len(records)] = records
+    for batch in padded.reshape(-1, g):
+      mine = batch[process_index * batch_size:(process_index + 1) * batch_size]
+      slots += [(int(r), bucket) for r in mine]
+  return slots

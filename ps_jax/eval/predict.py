@@ -268,9 +268,10 @@ class Predictor:
   """A trained person-search system applied to a user's own images
   (`ps_jax.search`).
 
-  Images of any size are resized into the test bucket of `data`, like the
-  evaluation pipeline does, one image per call of the jitted step (the
-  bucket compiles once).
+  Images of any size are resized into the test bucket of `data` (its
+  transposed bucket for an image taller than wide with `portrait_buckets`),
+  like the evaluation pipeline does, one image per call of the jitted step
+  (each bucket compiles once).
 
   What the embeddings depend on, so that `ps_jax.search` never compares
   embeddings of two different models: `variables_fingerprint`,
@@ -319,6 +320,8 @@ class Predictor:
     # indexes stay valid.
     if not cfg.resize_antialias:
       described["resize_antialias"] = False
+    if cfg.portrait_buckets:
+      described["portrait_buckets"] = True
     text = json.dumps(described, sort_keys=True)
     return {"type": type(self.system).__name__,
             "hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
@@ -343,8 +346,10 @@ class Predictor:
           "image_hw": np.array(image.shape[:2], np.int32),
           "orig_hw": np.array(image.shape[:2], np.int32),
           "scale": np.float32(1.0)}
-    canvas = augment.padded_size(cfg.test_scale, cfg.size_divisor)
-    ex = augment.resize_to_bucket(ex, None, bucket_hw=cfg.test_scale,
+    bucket = (augment.oriented_bucket(image.shape[:2], cfg.test_scale)
+              if cfg.portrait_buckets else cfg.test_scale)
+    canvas = augment.padded_size(bucket, cfg.size_divisor)
+    ex = augment.resize_to_bucket(ex, None, bucket_hw=bucket,
                                   antialias=cfg.resize_antialias)
     ex = augment.normalize(ex, None, mode=cfg.normalization)
     ex = augment.pad_to(ex, None, canvas_hw=canvas, max_boxes=1)

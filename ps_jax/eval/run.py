@@ -120,6 +120,8 @@ def evaluate(system: Any, variables: Any, *, data: EvalData,
   if not data.pipeline.resize_antialias:
     # Keyed only when off, so the caches of existing runs stay valid.
     key_parts["data"]["resize_antialias"] = False
+  if data.pipeline.portrait_buckets:
+    key_parts["data"]["portrait_buckets"] = True
 
   def compute():
     step_fn = predict.make_predict_step(system)

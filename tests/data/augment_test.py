@@ -316,3 +316,20 @@ def test_resize_bilinear_equals_the_slow_opencv_rule(hw, new_hw):
   np.testing.assert_allclose(out, want, atol=0.5 + 1e-3)
   floats = augment.resize_bilinear(image.astype(np.float32), new_hw)
   np.testing.assert_allclose(floats, want, atol=1e-3)
+
+
+def test_oriented_bucket_matches_mmdet_keep_ratio_sizes():
+  # mmdet's Resize(img_scale=(1500, 900), keep_ratio=True): the long side
+  # fits 1500 and the short side 900, whatever the orientation.
+  def mmdet_size(h, w, long_max=1500, short_max=900):
+    s = min(long_max / max(h, w), short_max / min(h, w))
+    return int(h * s + 0.5), int(w * s + 0.5)
+
+  for h, w in [(1000, 600), (600, 1000), (450, 800), (800, 450), (700, 700),
+               (1200, 500)]:
+    bucket = augment.oriented_bucket((h, w), (900, 1500))
+    assert augment.fit_scale((h, w), bucket)[1] == mmdet_size(h, w)
+  assert augment.oriented_bucket((10, 20), (64, 64)) == (64, 64)
+  assert augment.oriented_bucket((20, 10), (48, 64)) == (64, 48)
+  with pytest.raises(ValueError, match="taller than wide"):
+    augment.oriented_bucket((20, 10), (64, 48))

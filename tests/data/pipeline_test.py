@@ -496,3 +496,129 @@ def test_the_rebuild_command_repairs_the_dataset(tiny_synthetic_dir,
                      "--data_dir", str(data_dir), "--overwrite"]) == 0
   source = pipeline.data_source(_load(data_dir), "test")
   assert len(source) == 40 and source[39]["image_id"]
+
+
+# Portrait buckets: images taller than wide get the transposed bucket and
+# batches of their own (mmdet's GroupSampler), in training and evaluation.
+
+
+def _portrait(source):
+  return np.array([pipeline.record_hw(r)[0] > pipeline.record_hw(r)[1]
+                   for r in source])
+
+
+def test_record_hw_reads_encoded_and_decoded_images():
+  encoded, decoded = make_source(5), make_source(5, encode=False)
+  for e, d in zip(encoded, decoded):
+    assert pipeline.record_hw(e) == d["image"].shape[:2]
+  np.testing.assert_array_equal(pipeline.portrait_flags(encoded),
+                                _portrait(decoded))
+
+
+@pytest.mark.parametrize("n_land, n_port, g", [(7, 3, 4), (8, 0, 4),
+                                               (0, 5, 2), (1, 1, 3)])
+def test_grouped_epoch_order_follows_the_group_sampler_rule(n_land, n_port,
+                                                            g):
+  portrait = np.array([False] * n_land + [True] * n_port)
+  portrait = portrait[np.random.default_rng(0).permutation(len(portrait))]
+  order = pipeline.grouped_epoch_order(portrait, g, seed=3, epoch=0)
+  expect_len = g * (-(-n_land // g) + -(-n_port // g))
+  assert order.shape == (expect_len,)
+  rows = order.reshape(-1, g)
+  for row in rows:  # each global batch is of one orientation
+    assert len(set(portrait[row])) == 1
+  # every record at least once per epoch; repeats only to fill a batch of
+  # its own group
+  assert set(order) == set(range(len(portrait)))
+  for flag, size in ((False, n_land), (True, n_port)):
+    members = order[portrait[order] == flag]
+    assert len(members) == -(-size // g) * g
+  again = pipeline.grouped_epoch_order(portrait, g, seed=3, epoch=0)
+  np.testing.assert_array_equal(order, again)
+  other = pipeline.grouped_epoch_order(portrait, g, seed=3, epoch=1)
+  assert other.shape == order.shape
+  if len(portrait) > 3:
+    assert not np.array_equal(order, other)
+
+
+def test_portrait_buckets_in_training():
+  source = make_source(12, seed=5)
+  portrait = _portrait(source)
+  assert 2 <= portrait.sum() <= 10  # both orientations present
+  cfg = _cfg(portrait_buckets=True, batch_size=2)
+  batches = _take(_iterator(source, cfg, seed=1), 12)
+  landscape_canvases = CANVASES
+  portrait_canvases = {c[::-1] for c in CANVASES}
+  for k, b in enumerate(batches):
+    flags = portrait[b["index"]]
+    assert len(set(flags)) == 1  # one orientation per batch
+    bucket = cfg.train_scales[pipeline.bucket_index(1, k, len(SCALES))]
+    if flags[0]:
+      bucket = bucket[::-1]
+    canvas = b["image"].shape[1:3]
+    assert canvas == augment.padded_size(bucket, 16)
+    assert canvas in (portrait_canvases if flags[0] else landscape_canvases)
+    for i, r in enumerate(b["index"]):
+      h, w = pipeline.record_hw(source[r])
+      s, size = augment.fit_scale((h, w), bucket)
+      assert tuple(b["image_hw"][i]) == size
+      # a portrait image's long side meets the bucket's long side
+      assert max(size) == pytest.approx(max(h, w) * s, abs=0.5)
+  # Restoring the iterator continues the grouped order exactly.
+  it = _iterator(source, cfg, seed=1)
+  _take(it, 5)
+  state = it.get_state()
+  expected = _take(it, 7)
+  fresh = _iterator(source, cfg, seed=1)
+  fresh.set_state(state)
+  _assert_batches_equal(_take(fresh, 7), expected)
+
+
+def test_portrait_buckets_processes_agree_on_shapes():
+  source = make_source(11, seed=5)
+  cfg = _cfg(portrait_buckets=True, batch_size=2)
+  per = [_take(_iterator(source, cfg, seed=2, process_index=p,
+                         process_count=2), 6) for p in range(2)]
+  for a, b in zip(*per):
+    assert a["image"].shape == b["image"].shape
+  # The two processes' slices of an epoch are disjoint parts of one order.
+  order = pipeline.grouped_epoch_order(_portrait(source), 4, 2, 0)
+  got = np.stack([np.concatenate([b["index"] for b in bs]) for bs in per])
+  n = min(len(order) // 2, got.shape[1])
+  want = order.reshape(-1, 2, 2).transpose(1, 0, 2).reshape(2, -1)
+  np.testing.assert_array_equal(got[:, :n], want[:, :n])
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_portrait_buckets_in_evaluation(process_count):
+  source = make_source(9, seed=5)
+  portrait = _portrait(source)
+  cfg = _cfg(portrait_buckets=True, eval_batch_size=2)
+  per = [list(pipeline.eval_batches(source, cfg, process_index=p,
+                                    process_count=process_count))
+         for p in range(process_count)]
+  assert len({len(bs) for bs in per}) == 1
+  seen = []
+  for batches in zip(*per):
+    shapes = {b["image"].shape for b in batches}
+    assert len(shapes) == 1  # the processes' slices line up
+    for b in batches:
+      idx = b["index"][b["example_valid"]]
+      seen += idx.tolist()
+      if len(idx):
+        assert len(set(portrait[idx])) == 1
+        bucket = (96, 64) if portrait[idx[0]] else (64, 96)
+        assert b["image"].shape[1:3] == augment.padded_size(bucket, 16)
+        for i in np.flatnonzero(b["example_valid"]):
+          hw = pipeline.record_hw(source[b["index"][i]])
+          assert tuple(b["image_hw"][i]) == augment.fit_scale(hw, bucket)[1]
+  assert sorted(seen) == list(range(9))
+
+
+def test_portrait_buckets_need_landscape_buckets():
+  with pytest.raises(ValueError, match="portrait_buckets"):
+    _cfg(portrait_buckets=True, train_scales=((96, 64),))
+  with pytest.raises(ValueError, match="test_scale"):
+    _cfg(portrait_buckets=True, test_scale=(96, 64))
+  with pytest.raises(ValueError, match="portrait_buckets"):
+    _cfg(portrait_buckets=1)

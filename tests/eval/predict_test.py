@@ -156,6 +156,42 @@ def test_predictor_matches_predict_split(tiny_workdir, split_predictions,
     predictor.detect([np.zeros((8, 8), np.uint8)])
 
 
+def test_portrait_buckets_predict_each_image_on_its_orientations_canvas(
+    tiny_workdir, test_split):
+  # With portrait buckets, a landscape image is predicted on the (96, 128)
+  # canvas and a portrait one on (128, 96): the same as predicting every
+  # image on that one canvas without the option, and the same through the
+  # Predictor of ps_jax.search.
+  source, decoded, qboxes = test_split
+  exp, variables, _ = experiment.restore(tiny_workdir)
+  mesh = mesh_lib.make_mesh(1)
+  variables = jax.device_put(variables, mesh_lib.replicated(mesh))
+  step = predict.make_predict_step(exp.system)
+  run = lambda data: predict.predict_split(  # noqa: E731
+      step, variables, source, data, mesh, query_boxes=qboxes)
+  base = dataclasses.replace(exp.data, eval_batch_size=4)
+  both = run(dataclasses.replace(base, test_scale=(96, 128),
+                                 portrait_buckets=True))
+  land = run(dataclasses.replace(base, test_scale=(96, 128)))
+  port = run(dataclasses.replace(base, test_scale=(128, 96)))
+  portrait = np.array([ex["image"].shape[0] > ex["image"].shape[1]
+                       for ex in decoded])
+  assert 0 < portrait.sum() < len(decoded)
+  assert list(both.image_ids) == [ex["image_id"] for ex in decoded]
+  for r in range(len(decoded)):
+    want = port if portrait[r] else land
+    np.testing.assert_allclose(both.dets(r), want.dets(r), rtol=1e-5,
+                               atol=1e-4)
+    np.testing.assert_allclose(both.query_embeddings[r],
+                               want.query_embeddings[r], rtol=1e-5, atol=1e-5)
+  predictor = predict.Predictor(
+      exp.system, variables,
+      dataclasses.replace(base, test_scale=(96, 128), portrait_buckets=True))
+  r = int(np.flatnonzero(portrait)[0])
+  got = predictor.detect([decoded[r]["image"]])[0]
+  np.testing.assert_allclose(got["scores"], both.dets(r)[:, 4], rtol=1e-5)
+
+
 # --------------------------------------------- exact map to original pixels --
 
 @dataclasses.dataclass(frozen=True)
