@@ -16,8 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_builders.synthetic_person_search import (
+    synthetic_person_search_dataset_builder as spsb)
 from ps_jax.data import augment
 from ps_jax.data import pipeline
+
+# The synthetic builder's version: the folder its datasets are built in.
+_VERSION = str(spsb.SyntheticPersonSearch.VERSION)
 
 SCALES = ((48, 64), (64, 96), (80, 128))
 CANVASES = {augment.padded_size(s, 16) for s in SCALES}
@@ -409,7 +414,7 @@ def _damaged_copy(tiny_synthetic_dir, tmp_path):
   """A private copy of the tiny dataset: (data_dir, the version folder)."""
   data_dir = tmp_path / "tfds"
   shutil.copytree(tiny_synthetic_dir, data_dir)
-  return data_dir, data_dir / "synthetic_person_search" / "tiny" / "1.0.0"
+  return data_dir, data_dir / "synthetic_person_search" / "tiny" / _VERSION
 
 
 def _load(data_dir):

@@ -26,12 +26,12 @@ SCENES = (0, 1, 17)
 SCENE_DIGESTS = {
     "tiny": "714a352d5deab56481fd09311ef21b3141957afb088121195d28415c1b565f12",
     "default":
-        "83ccbf9f20ba49abec1e3b9653bc3bbaf4473e7879e680e0f473c7e3310b176b",
+        "636bd1cf3e1088382f298d8c7349997c70bf7f678e189de409f5be26c01d45f5",
 }
 QUERY_DIGESTS = {
     "tiny": "0507201090a5b3e4885ffc17ee12e18af85be5c4acae1dfeeb4b30ffe833d581",
     "default":
-        "311a54c3e5b318c2f6b04c024ad2cca9aec647685d4ec9857096d491140c8642",
+        "81d19291e094636303a42f65dff1af75c8f6227017132f4ce13a83f303fe9af8",
 }
 
 

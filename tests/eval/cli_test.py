@@ -15,9 +15,14 @@ import sys
 
 import pytest
 
+from data_builders.synthetic_person_search import (
+    synthetic_person_search_dataset_builder as spsb)
 from ps_jax import experiment
 from ps_jax.data import pipeline
 from ps_jax.eval import __main__ as eval_main
+
+# The synthetic builder's version: the folder its datasets are built in.
+_VERSION = str(spsb.SyntheticPersonSearch.VERSION)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -189,7 +194,7 @@ def _dataset_copy(tiny_config, tmp_path) -> pathlib.Path:
 def test_a_corrupt_shard_names_the_file_and_the_rebuild_command(
     workdir, tiny_config, tmp_path, capsys):
   data_dir = _dataset_copy(tiny_config, tmp_path)
-  shard = (data_dir / "synthetic_person_search" / "tiny" / "1.0.0" /
+  shard = (data_dir / "synthetic_person_search" / "tiny" / _VERSION /
            "synthetic_person_search-query.array_record-00000-of-00001")
   with open(shard, "r+b") as f:
     f.truncate(1000)
@@ -206,7 +211,7 @@ def test_a_corrupt_shard_names_the_file_and_the_rebuild_command(
 def test_a_garbage_dataset_info_is_named(workdir, tiny_config, tmp_path,
                                          capsys):
   data_dir = _dataset_copy(tiny_config, tmp_path)
-  info = (data_dir / "synthetic_person_search" / "tiny" / "1.0.0" /
+  info = (data_dir / "synthetic_person_search" / "tiny" / _VERSION /
           "dataset_info.json")
   info.write_text("garbage")
   assert eval_main.main(["--workdir", str(workdir), "--data_dir",

@@ -50,9 +50,9 @@ class SyntheticConfig:
   seed: int = 0
   image_size_range: tuple[int, int] = (256, 384)
   num_train_ids: int = 150
-  num_test_ids: int = 100
+  num_test_ids: int = 600
   num_train_scenes: int = 2000
-  num_test_scenes: int = 500
+  num_test_scenes: int = 1000
   num_cameras: int = 6
   persons_per_scene: tuple[int, int] = (2, 7)
   empty_scene_prob: float = 0.04
