@@ -17,7 +17,10 @@ shapes static, the positive points of the global batch are packed, in order
 mask; positives beyond that budget are dropped and counted in the metrics
 (`reid_overflow`). With centre sampling of radius r strides, a box has at most
 (2r + 1)^2 positives on its level, which sizes the budget from the batch's
-static shape.
+static shape. `loss.reid_max_samples` sets a smaller budget: the OIM logits
+and the triplet distances cost time in proportion to the slots (the triplet
+quadratically), and a batch of mostly small or absent people fills few of
+them; the `reid_overflow` metric says whether positives were dropped.
 
 Prediction (`predict`): the network in prediction mode (P3 only), a fixed
 `max_dets` detections per image (`models.person_search.predict_detections`:
@@ -70,9 +73,15 @@ class AlignPSLoss:
   w_ctr: float = 1.0
   w_oim: float = 1.0
   w_triplet: float = 1.0
+  reid_max_samples: int | None = None  # None: the bound max_reid_samples
 
   def __post_init__(self):
     """Checks every value's range (ValueError naming the field)."""
+    _require("loss", "reid_max_samples", self.reid_max_samples,
+             "an integer >= 1, or None for the batch's bound",
+             self.reid_max_samples is None or (
+                 _integer(self.reid_max_samples)
+                 and self.reid_max_samples >= 1))
     ranges = self.regress_ranges
     _require("loss", "regress_ranges", ranges,
              "one (low, high) pair per level, low < high",
@@ -309,6 +318,8 @@ class AlignPSSystem:
     b, p, d = out["reid_emb"].shape
     max_samples = max_reid_samples(b, batch["boxes_xyxy"].shape[1],
                                    cfg.center_sample_radius)
+    if cfg.reid_max_samples is not None:
+      max_samples = min(max_samples, cfg.reid_max_samples)
     idx, valid, overflow = pack_positives(targets["pos"].reshape(b * p),
                                           max_samples)
     feats = vectors.l2_normalize(

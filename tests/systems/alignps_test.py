@@ -197,3 +197,45 @@ def test_check_predictions_names_missing_outputs():
   with pytest.raises(ValueError, match=r"Toy: predict\(\) returned no "
                      r"\['valid'\]"):
     base.check_predictions(out, "Toy")
+
+
+def _system_with_budget(budget):
+  return systems.build(
+      "alignps", num_ids=5,
+      model=dict(common.alignps_model(
+          depth=18, width_multiplier=0.125, style="pytorch",
+          frozen_stages=-1, backbone_norm="group", neck_channels=16,
+          reid_dim=8, head_num_convs=1)),
+      loss=dict(common.alignps_loss(oim_queue_size=6, oim_queue_dims=None,
+                                    reid_max_samples=budget)),
+      predict={})
+
+
+def test_a_smaller_reid_budget_changes_nothing_until_it_overflows():
+  full = _system_with_budget(None)
+  variables, memory = full.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k != "params"}
+  batch = {"image": jax.random.normal(jax.random.key(1), (2, 64, 64, 3)),
+           "boxes_xyxy": jnp.asarray([[[2.0, 2.0, 20.0, 28.0],
+                                       [30.0, 8.0, 50.0, 60.0]]] * 2),
+           "pids": jnp.asarray([[1, -1], [2, 3]], jnp.int32),
+           "boxes_valid": jnp.ones((2, 2), bool)}
+
+  def run(system):
+    loss, aux = system.loss(params, state, memory, batch, jax.random.key(2))
+    extra = system.update_extra(memory, aux)
+    return float(loss), aux["metrics"], extra
+
+  loss, metrics, extra = run(full)
+  num_pos = int(metrics["num_pos"])
+  assert 4 <= num_pos < alignps.max_reid_samples(2, 2, 1.5)
+  fits = run(_system_with_budget(num_pos))
+  assert fits[0] == pytest.approx(loss, rel=1e-5)
+  assert int(fits[1]["reid_overflow"]) == 0
+  np.testing.assert_allclose(fits[2].lut, extra.lut, atol=1e-6)
+  np.testing.assert_allclose(fits[2].queue, extra.queue, atol=1e-6)
+  short = run(_system_with_budget(num_pos - 3))
+  assert int(short[1]["reid_overflow"]) == 3
+  with pytest.raises(ValueError, match="loss.reid_max_samples"):
+    _system_with_budget(0)
