@@ -39,6 +39,7 @@ def test_list_valued_config_fields_become_tuples():
   config.model.depth = 50  # deformable stages need bottleneck blocks
   config.model.stage_with_dcn = [False, True, True, True]
   config.eval.gallery_sizes = [50, -1]
+  config.optim.decay_steps = [700]
   system = experiment.build_system(config, num_ids=3)
   assert system.model.stage_with_dcn == (False, True, True, True)
   assert experiment.eval_options(config).gallery_sizes == (50, -1)
