@@ -51,10 +51,10 @@ shape, so portrait and landscape images are batched apart, as mmdet's
 GroupSampler does: every epoch each group is shuffled, padded with random
 repeats of its own images to a whole number of global batches, cut into
 global batches, and the batches of both groups are shuffled together
-(`grouped_epoch_order`). The order is computed over the whole source from
-(seed, epoch) and process p takes slice p of every global batch, so all
-processes agree on each batch's shape; it is resumable like the default
-order. Evaluation runs the landscape images first, then the portrait ones,
+(`orientation.grouped_epoch_order`). The order is computed over the whole
+source from (seed, epoch) and process p takes slice p of every global batch,
+so all processes agree on each batch's shape; it is resumable like the
+default order. Evaluation runs the landscape images first, then the portrait ones,
 each padded to whole global batches (the predictions are put back in record
 order by the caller). Finding each record's orientation reads the JPEG
 header of every record once, when the dataset is set up.
@@ -93,6 +93,7 @@ import numpy as np
 
 from ps_jax import checks
 from ps_jax.data import augment
+from ps_jax.data import orientation
 
 TRAIN_KEYS = ("image", "boxes_xyxy", "pids", "boxes_valid", "image_hw",
               "orig_hw", "scale", "index")
@@ -100,8 +101,6 @@ EVAL_KEYS = TRAIN_KEYS + ("example_valid", "image_id")
 
 # Salt that separates the bucket stream from the other uses of the seed.
 _BUCKET_SALT = 0x6275636B
-# Salt of the portrait/landscape grouped epoch order.
-_GROUP_SALT = 0x67726F75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,19 +387,6 @@ def bucket_index(seed: int, batch_index: int, num_buckets: int) -> int:
   return int(rng.integers(num_buckets))
 
 
-def record_hw(record: Mapping[str, Any]) -> tuple[int, int]:
-  """(height, width) of a record's image, from the JPEG header when the image
-  is still encoded (a `data_source` record) or from the array's shape."""
-  image = record["image"]
-  if isinstance(image, (bytes, np.bytes_)):
-    import io  # pylint: disable=g-import-not-at-top
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    width, height = Image.open(io.BytesIO(bytes(image))).size
-    return int(height), int(width)
-  shape = np.shape(image)
-  return int(shape[0]), int(shape[1])
-
-
 def portrait_flags(source: Sequence[Mapping[str, Any]]) -> np.ndarray:
   """bool[n]: True where record i's image is taller than wide.
 
@@ -409,43 +395,11 @@ def portrait_flags(source: Sequence[Mapping[str, Any]]) -> np.ndarray:
   flags = np.zeros((len(source),), bool)
   for i in range(len(source)):
     try:
-      h, w = record_hw(_read(source, i))
+      h, w = orientation.record_hw(_read(source, i))
     except (OSError, ValueError) as e:
       raise ValueError(f"record {i}: cannot read the image size ({e})") from e
     flags[i] = h > w
   return flags
-
-
-def grouped_epoch_order(portrait: np.ndarray, global_batch: int, seed: int,
-                        epoch: int) -> np.ndarray:
-  """The record order of one epoch with portrait and landscape images in
-  separate global batches (mmdet's GroupSampler rule, over the whole source).
-
-  Each orientation group is shuffled and padded with random repeats of its
-  own records to a multiple of `global_batch`; the global batches of both
-  groups are then shuffled together. The epoch's length depends only on the
-  group sizes, so it is the same in every epoch.
-
-  Args:
-    portrait: bool[n], True for an image taller than wide.
-    global_batch: G, images per global batch (all processes together).
-    seed: the training seed; epoch: the epoch number (both seed the order).
-
-  Returns:
-    i64[num_batches * G] record indices; rows of G are one orientation.
-  """
-  portrait = np.asarray(portrait, bool)
-  rng = np.random.default_rng([_GROUP_SALT, int(seed) % 2**32, int(epoch)])
-  batches = []
-  for group in (np.flatnonzero(~portrait), np.flatnonzero(portrait)):
-    if len(group) == 0:
-      continue
-    order = rng.permutation(group)
-    extra = -len(order) % global_batch
-    order = np.concatenate([order, rng.choice(order, extra)])
-    batches.append(order.reshape(-1, global_batch))
-  rows = np.concatenate(batches)
-  return rows[rng.permutation(len(rows))].reshape(-1).astype(np.int64)
 
 
 def _read(source: Sequence[Mapping[str, Any]], record: int) -> Mapping:
@@ -512,7 +466,7 @@ class _TrainExample:
 class _GroupedTrainExample:
   """Stream position of this process -> the training example of the record
   at that position of the portrait/landscape grouped order
-  (`grouped_epoch_order`).
+  (`orientation.grouped_epoch_order`).
 
   A module-level class, so Grain can pickle it into worker processes.
   """
@@ -528,14 +482,14 @@ class _GroupedTrainExample:
     self._seed = seed
     self._epoch = None
     self._order = None
-    self.epoch_length = len(grouped_epoch_order(
-        self._portrait, self._global, seed, 0)) // process_count
+    self.epoch_length = orientation.grouped_epoch_length(
+        self._portrait, self._global) // process_count
 
   def __call__(self, position: int, _: Any) -> dict[str, np.ndarray]:
     epoch, p = divmod(int(position), self.epoch_length)
     if epoch != self._epoch:
-      self._order = grouped_epoch_order(self._portrait, self._global,
-                                        self._seed, epoch)
+      self._order = orientation.grouped_epoch_order(
+          self._portrait, self._global, self._seed, epoch)
       self._epoch = epoch
     batch, slot = divmod(p, self._batch)
     record = self._order[batch * self._global + self._pi * self._batch + slot]
@@ -715,8 +669,8 @@ def eval_batches(source: Sequence[Mapping[str, Any]],
   pi, pc = _process(process_index, process_count)
   bs = cfg.per_process_eval_batch_size
   if cfg.portrait_buckets:
-    slots = _oriented_eval_slots(portrait_flags(source), cfg.test_scale, bs,
-                                 pi, pc)
+    slots = orientation.eval_slots(portrait_flags(source), cfg.test_scale,
+                                   bs, pi, pc)
   else:
     records = list(range(pi, len(source), pc))
     total = num_eval_batches(len(source), bs, pc) * bs
@@ -728,23 +682,3 @@ def eval_batches(source: Sequence[Mapping[str, Any]],
         .map(_EvalExample(source, cfg, slots))
         .batch(bs))
   return iter(_to_iter(ds, cfg))
-
-
-def _oriented_eval_slots(portrait: np.ndarray, test_scale: tuple[int, int],
-                         batch_size: int, process_index: int,
-                         process_count: int
-                         ) -> list[tuple[int, tuple[int, int]]]:
-  """This process's (record, bucket) slots with portrait buckets: landscape
-  records in order, then portrait ones, each group padded (record -1) to
-  whole global batches; process p takes slice p of every global batch."""
-  g = batch_size * process_count
-  slots = []
-  for records, bucket in (
-      (np.flatnonzero(~portrait), tuple(test_scale)),
-      (np.flatnonzero(portrait), tuple(test_scale)[::-1])):
-    padded = np.full((-(-len(records) // g) * g,), -1, np.int64)
-    padded[:len(records)] = records
-    for batch in padded.reshape(-1, g):
-      mine = batch[process_index * batch_size:(process_index + 1) * batch_size]
-      slots += [(int(r), bucket) for r in mine]
-  return slots

@@ -19,6 +19,7 @@ from PIL import Image
 from data_builders.synthetic_person_search import (
     synthetic_person_search_dataset_builder as spsb)
 from ps_jax.data import augment
+from ps_jax.data import orientation
 from ps_jax.data import pipeline
 
 # The synthetic builder's version: the folder its datasets are built in.
@@ -508,14 +509,14 @@ def test_the_rebuild_command_repairs_the_dataset(tiny_synthetic_dir,
 
 
 def _portrait(source):
-  return np.array([pipeline.record_hw(r)[0] > pipeline.record_hw(r)[1]
+  return np.array([orientation.record_hw(r)[0] > orientation.record_hw(r)[1]
                    for r in source])
 
 
 def test_record_hw_reads_encoded_and_decoded_images():
   encoded, decoded = make_source(5), make_source(5, encode=False)
   for e, d in zip(encoded, decoded):
-    assert pipeline.record_hw(e) == d["image"].shape[:2]
+    assert orientation.record_hw(e) == d["image"].shape[:2]
   np.testing.assert_array_equal(pipeline.portrait_flags(encoded),
                                 _portrait(decoded))
 
@@ -526,9 +527,10 @@ def test_grouped_epoch_order_follows_the_group_sampler_rule(n_land, n_port,
                                                             g):
   portrait = np.array([False] * n_land + [True] * n_port)
   portrait = portrait[np.random.default_rng(0).permutation(len(portrait))]
-  order = pipeline.grouped_epoch_order(portrait, g, seed=3, epoch=0)
+  order = orientation.grouped_epoch_order(portrait, g, seed=3, epoch=0)
   expect_len = g * (-(-n_land // g) + -(-n_port // g))
   assert order.shape == (expect_len,)
+  assert orientation.grouped_epoch_length(portrait, g) == expect_len
   rows = order.reshape(-1, g)
   for row in rows:  # each global batch is of one orientation
     assert len(set(portrait[row])) == 1
@@ -538,9 +540,9 @@ def test_grouped_epoch_order_follows_the_group_sampler_rule(n_land, n_port,
   for flag, size in ((False, n_land), (True, n_port)):
     members = order[portrait[order] == flag]
     assert len(members) == -(-size // g) * g
-  again = pipeline.grouped_epoch_order(portrait, g, seed=3, epoch=0)
+  again = orientation.grouped_epoch_order(portrait, g, seed=3, epoch=0)
   np.testing.assert_array_equal(order, again)
-  other = pipeline.grouped_epoch_order(portrait, g, seed=3, epoch=1)
+  other = orientation.grouped_epoch_order(portrait, g, seed=3, epoch=1)
   assert other.shape == order.shape
   if len(portrait) > 3:
     assert not np.array_equal(order, other)
@@ -564,7 +566,7 @@ def test_portrait_buckets_in_training():
     assert canvas == augment.padded_size(bucket, 16)
     assert canvas in (portrait_canvases if flags[0] else landscape_canvases)
     for i, r in enumerate(b["index"]):
-      h, w = pipeline.record_hw(source[r])
+      h, w = orientation.record_hw(source[r])
       s, size = augment.fit_scale((h, w), bucket)
       assert tuple(b["image_hw"][i]) == size
       # a portrait image's long side meets the bucket's long side
@@ -587,7 +589,7 @@ def test_portrait_buckets_processes_agree_on_shapes():
   for a, b in zip(*per):
     assert a["image"].shape == b["image"].shape
   # The two processes' slices of an epoch are disjoint parts of one order.
-  order = pipeline.grouped_epoch_order(_portrait(source), 4, 2, 0)
+  order = orientation.grouped_epoch_order(_portrait(source), 4, 2, 0)
   got = np.stack([np.concatenate([b["index"] for b in bs]) for bs in per])
   n = min(len(order) // 2, got.shape[1])
   want = order.reshape(-1, 2, 2).transpose(1, 0, 2).reshape(2, -1)
@@ -615,7 +617,7 @@ def test_portrait_buckets_in_evaluation(process_count):
         bucket = (96, 64) if portrait[idx[0]] else (64, 96)
         assert b["image"].shape[1:3] == augment.padded_size(bucket, 16)
         for i in np.flatnonzero(b["example_valid"]):
-          hw = pipeline.record_hw(source[b["index"][i]])
+          hw = orientation.record_hw(source[b["index"][i]])
           assert tuple(b["image_hw"][i]) == augment.fit_scale(hw, bucket)[1]
   assert sorted(seen) == list(range(9))
 
