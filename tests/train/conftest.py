@@ -20,9 +20,11 @@ from collections.abc import Callable
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import synthetic_tiny
+from ps_jax import checkpoint
 from ps_jax import experiment
 
 # The one bucket the tiny tests train at (height, width).
@@ -91,3 +93,18 @@ def make_experiment(toy_system_cls):
 def system(request) -> str:
   """The name of the system a parametrised trainer test runs with."""
   return request.param
+
+
+@pytest.fixture(scope="session")
+def saved_state() -> Callable[..., object]:
+  """`read(workdir, step)`: the whole TrainState saved at `step`, as the raw
+  tree of arrays on disk (no target, so nothing is cast or reshaped)."""
+
+  def read(workdir, step):
+    mngr = checkpoint.manager(workdir, async_save=False)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+    mngr.close()
+    return restored["state"]
+
+  return read

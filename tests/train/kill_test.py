@@ -26,7 +26,6 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from ps_jax import checkpoint
@@ -71,14 +70,6 @@ def _train(workdir, data_dir, cache_dir, *, kill: bool
                         text=True, timeout=900, check=False)
 
 
-def _state(workdir, step):
-  mngr = checkpoint.manager(workdir, async_save=False)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  mngr.close()
-  return restored["state"]
-
-
 def _metrics(workdir):
   rows = {}
   for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text(
@@ -114,11 +105,11 @@ def test_the_kill_came_during_the_step_4_write(runs):
              for name in runs["listing"]), runs["listing"]
 
 
-def test_the_resumed_run_equals_the_uninterrupted_run(runs):
+def test_the_resumed_run_equals_the_uninterrupted_run(runs, saved_state):
   assert runs["resumed"].returncode == 0, runs["resumed"].stderr[-3000:]
   assert "Resumed from" in runs["resumed"].stderr
   assert _metrics(runs["killed"]) == _metrics(runs["full"])
-  a, b = _state(runs["full"], 6), _state(runs["killed"], 6)
+  a, b = saved_state(runs["full"], 6), saved_state(runs["killed"], 6)
   flat_a = {k: np.asarray(v) for k, v in _flatten(a)}
   flat_b = {k: np.asarray(v) for k, v in _flatten(b)}
   assert flat_a.keys() == flat_b.keys() and len(flat_a) > 10

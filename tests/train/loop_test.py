@@ -23,7 +23,6 @@ import pathlib
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from ps_jax import checkpoint
@@ -55,15 +54,6 @@ def _metrics(workdir) -> dict[int, dict[str, float]]:
     row.pop("train/steps_per_sec")
     out[step] = row
   return out
-
-
-def _raw_state(workdir, step):
-  """The whole saved TrainState at `step`, as a tree of arrays."""
-  mngr = checkpoint.manager(workdir, async_save=False)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  mngr.close()
-  return restored["state"]
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +151,10 @@ def test_resumed_run_reproduces_the_uninterrupted_run(full, resumed):
     assert resumed["metrics"][step] == full["metrics"][step], step
 
 
-def test_resumed_state_equals_the_uninterrupted_state(full, resumed):
-  a = _raw_state(full["workdir"], RESUME_TO)
-  b = _raw_state(resumed["workdir"], RESUME_TO)
+def test_resumed_state_equals_the_uninterrupted_state(full, resumed,
+                                                      saved_state):
+  a = saved_state(full["workdir"], RESUME_TO)
+  b = saved_state(resumed["workdir"], RESUME_TO)
   flat_a = dict(_flatten(a))
   flat_b = dict(_flatten(b))
   assert flat_a.keys() == flat_b.keys()
@@ -181,8 +172,8 @@ def _flatten(tree):
     yield jax.tree_util.keystr(path), np.asarray(leaf)
 
 
-def test_extra_state_is_checkpointed(system, resumed):
-  state = _raw_state(resumed["workdir"], RESUME_TO)
+def test_extra_state_is_checkpointed(system, resumed, saved_state):
+  state = saved_state(resumed["workdir"], RESUME_TO)
   if system == "alignps":  # the OIM memory was written and saved
     assert np.abs(np.asarray(state["extra"]["lut"])).sum() > 0
     assert int(state["extra"]["queue_ptr"]) >= 0
