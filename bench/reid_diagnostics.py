@@ -43,30 +43,20 @@ flags.DEFINE_string("query_mode", None,
 FLAGS = flags.FLAGS
 
 
-def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
-  """AP of one ranking (every gallery item ranked), or NaN without a match."""
-  order = np.argsort(-scores, kind="stable")
-  hit = positive[order].astype(np.float64)
-  if hit.sum() == 0:
-    return float("nan")
-  precision = np.cumsum(hit) / np.arange(1, len(hit) + 1)
-  return float((precision * hit).sum() / hit.sum())
-
-
 def cross_camera_map(emb: np.ndarray, pids: np.ndarray, cameras: np.ndarray,
                      images: np.ndarray) -> tuple[float, int]:
   """(mAP in %, number of queries) of the module docstring's task.
 
   emb: f32[N, D] unit embeddings; pids, cameras, images: i[N] per box.
   """
+  from ps_jax.eval import ap  # pylint: disable=g-import-not-at-top
   aps = []
   for i in range(len(pids)):
     other = (cameras != cameras[i]) & (images != images[i])
-    aps.append(average_precision(emb[other] @ emb[i],
-                                 pids[other] == pids[i]))
-  aps = np.asarray(aps)
-  aps = aps[~np.isnan(aps)]
-  return 100.0 * float(aps.mean()), len(aps)
+    match = pids[other] == pids[i]
+    if match.any():  # queries without a true match are not scored
+      aps.append(ap.average_precision(match, emb[other] @ emb[i]))
+  return 100.0 * float(np.mean(aps)), len(aps)
 
 
 def _labeled_boxes(examples):
