@@ -113,6 +113,24 @@ def sgd(lr: float, *, weight_decay: float, warmup_steps: int,
       **options))
 
 
+def adamw(lr: float, *, weight_decay: float, warmup_steps: int,
+          decay_steps, clip_norm: float = 35.0, b1: float = 0.9,
+          b2: float = 0.999, eps: float = 1e-8, warmup_ratio: float = 1e-3,
+          **options) -> ml_collections.ConfigDict:
+  """AdamW over the same parameter groups and schedule (`ps_jax.train.optim`).
+
+  Decoupled weight decay; conv biases keep the base lr (the 2x multiplier is
+  an SGD habit); the warm-up starts from `warmup_ratio` of the base rate,
+  near zero, as Adam's first steps are large before its statistics settle.
+  """
+  return ml_collections.ConfigDict(dict(
+      optimizer="adamw", lr=lr, momentum=b1, b2=b2, eps=eps,
+      weight_decay=weight_decay, bias_lr_mult=1.0,
+      warmup_steps=warmup_steps, warmup_ratio=warmup_ratio,
+      decay_steps=tuple(decay_steps), decay_factor=0.1, clip_norm=clip_norm,
+      **options))
+
+
 def run(*, num_steps: int, log_every: int, checkpoint_every: int,
         seed: int = 0) -> ml_collections.ConfigDict:
   """Loop length, logging and checkpoint cadence."""

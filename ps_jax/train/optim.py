@@ -16,6 +16,15 @@ mmcv's optimizer constructor decays norm parameters, offsets included, at
 the full rate (norm_decay_mult=1) and leaves their lr alone;
 `norm_weight_decay=True` reproduces that (the AlignPS paper configs set it).
 The default follows the more common practice of not decaying them.
+
+`optimizer="adamw"` swaps SGD for AdamW in every group (same groups, lr
+multipliers, schedule and clipping), with `momentum` as Adam's beta1 and
+`b2`, `eps` as its other constants; its weight decay is decoupled (applied
+to the weights, scaled by the scheduled lr but not by the Adam statistics),
+as in torch.optim.AdamW and optax.adamw. Adam's per-parameter step sizes
+suit a small network trained from scratch in a few hundred steps, where
+SGD's single rate is limited by the layers that diverge first
+(docs/experiments.md, E9).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import optax
 from ps_jax import checks
 
 FROZEN, BIAS, NORM, WEIGHT = "frozen", "bias", "norm", "weight"
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +57,9 @@ class OptimOptions:
   decay_factor: float = 0.1
   clip_norm: float | None = 35.0
   norm_weight_decay: bool = False
+  optimizer: str = "sgd"
+  b2: float = 0.999
+  eps: float = 1e-8
 
   def __post_init__(self):
     """Checks every value's range (ValueError naming the field)."""
@@ -74,6 +87,12 @@ class OptimOptions:
              "clip_norm", self.clip_norm, "> 0, or None for no clipping")
     _require(isinstance(self.norm_weight_decay, bool), "norm_weight_decay",
              self.norm_weight_decay, "True or False")
+    _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer,
+             " or ".join(repr(o) for o in OPTIMIZERS))
+    _require(_number(self.b2) and 0 <= self.b2 < 1, "b2", self.b2,
+             "a number in [0, 1)")
+    _require(_number(self.eps) and self.eps > 0, "eps", self.eps,
+             "a number > 0")
 
   def as_kwargs(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -152,12 +171,16 @@ def make_optimizer(params: Any, *, lr: float, momentum: float = 0.9,
                    decay_factor: float = 0.1,
                    clip_norm: float | None = 35.0,
                    norm_weight_decay: bool = False,
+                   optimizer: str = "sgd", b2: float = 0.999,
+                   eps: float = 1e-8,
                    is_frozen: Callable[[tuple[str, ...]], bool] | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """SGD with the AlignPS parameter groups. Returns (optimizer, schedule).
+  """SGD (or AdamW) with the AlignPS parameter groups.
 
-  Weight decay is coupled (added to the gradient before momentum), as in
-  torch.optim.SGD; clipping uses the global L2 norm of all gradients (mmdet's
+  Returns (optimizer, schedule). With SGD, weight decay is coupled (added to
+  the gradient before momentum), as in torch.optim.SGD; with AdamW it is
+  decoupled: p -= lr(t) * (adam_direction + weight_decay * p). Clipping uses
+  the global L2 norm of all gradients (mmdet's
   `grad_clip=dict(max_norm=35, norm_type=2)`), before weight decay.
   `norm_weight_decay` also decays the NORM group by `weight_decay` (mmcv's
   norm_decay_mult=1).
@@ -166,18 +189,24 @@ def make_optimizer(params: Any, *, lr: float, momentum: float = 0.9,
                         warmup_ratio=warmup_ratio, decay_steps=decay_steps,
                         decay_factor=decay_factor)
 
-  def sgd(lr_mult: float, wd: float) -> optax.GradientTransformation:
+  checks.require(optimizer in OPTIMIZERS, "optimizer", optimizer,
+                 " or ".join(repr(o) for o in OPTIMIZERS))
+
+  def group(lr_mult: float, wd: float) -> optax.GradientTransformation:
+    rate = lambda t: sched(t) * lr_mult
+    if optimizer == "adamw":
+      return optax.adamw(rate, b1=momentum, b2=b2, eps=eps, weight_decay=wd)
     parts = []
     if wd:
       parts.append(optax.add_decayed_weights(wd))
-    parts.append(optax.sgd(lambda t: sched(t) * lr_mult, momentum=momentum))
+    parts.append(optax.sgd(rate, momentum=momentum))
     return optax.chain(*parts)
 
   groups = optax.multi_transform(
       {FROZEN: optax.set_to_zero(),
-       BIAS: sgd(bias_lr_mult, 0.0),
-       NORM: sgd(1.0, weight_decay if norm_weight_decay else 0.0),
-       WEIGHT: sgd(1.0, weight_decay)},
+       BIAS: group(bias_lr_mult, 0.0),
+       NORM: group(1.0, weight_decay if norm_weight_decay else 0.0),
+       WEIGHT: group(1.0, weight_decay)},
       param_labels(params, is_frozen))
   # Frozen parameters get no gradient at all, so they do not count towards the
   # clipping norm either.

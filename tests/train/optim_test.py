@@ -104,3 +104,44 @@ def test_norm_weight_decay_is_a_bool():
   assert not optim.OptimOptions(lr=0.1).norm_weight_decay
   with pytest.raises(ValueError, match="optim.norm_weight_decay=1"):
     optim.OptimOptions(lr=0.1, norm_weight_decay=1)
+
+
+def test_adamw_groups_one_step_by_hand():
+  # Adam's first step, bias-corrected, is lr * g / (|g| + eps) = lr * sign(g)
+  # for any gradient size; decoupled decay adds lr * wd * p on top.
+  params = _params()
+  lr, wd = 0.1, 0.01
+  tx, _ = optim.make_optimizer(params, optimizer="adamw", lr=lr,
+                               momentum=0.9, b2=0.999, eps=1e-8,
+                               weight_decay=wd, bias_lr_mult=2.0,
+                               warmup_steps=0, clip_norm=None,
+                               is_frozen=_frozen)
+  grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
+  grads["head"]["conv"]["kernel"] = -3.0 * jnp.ones((3, 3, 4, 4))
+  updates, state = tx.update(grads, tx.init(params), params)
+  assert float(jnp.abs(updates["backbone"]["stem_conv"]["kernel"]).max()) == 0
+  np.testing.assert_allclose(updates["head"]["conv"]["kernel"],
+                             -lr * (-1.0 + wd * 1.0), rtol=1e-5)
+  np.testing.assert_allclose(updates["head"]["conv"]["bias"], -2 * lr * 1.0,
+                             rtol=1e-5)
+  np.testing.assert_allclose(updates["head"]["GroupNorm_0"]["scale"],
+                             -lr * 1.0, rtol=1e-5)
+  # A second step with the gradient halved, against Adam's bias-corrected
+  # moments written out here (float32 inside, hence the tolerance).
+  g1, g2 = 0.5, 0.25
+  m = 0.9 * (0.1 * g1) + 0.1 * g2
+  v = 0.999 * (0.001 * g1**2) + 0.001 * g2**2
+  m_hat, v_hat = m / (1 - 0.9**2), v / (1 - 0.999**2)
+  grads2 = jax.tree.map(lambda p: g2 * jnp.ones_like(p), params)
+  updates2, _ = tx.update(grads2, state, params)
+  np.testing.assert_allclose(updates2["head"]["GroupNorm_0"]["scale"],
+                             -lr * m_hat / (np.sqrt(v_hat) + 1e-8),
+                             rtol=1e-4)
+
+
+def test_optimizer_name_is_checked():
+  assert optim.OptimOptions(lr=0.1).optimizer == "sgd"
+  with pytest.raises(ValueError, match="optim.optimizer='adam'"):
+    optim.OptimOptions(lr=0.1, optimizer="adam")
+  with pytest.raises(ValueError, match="optim.b2=1.0"):
+    optim.OptimOptions(lr=0.1, optimizer="adamw", b2=1.0)
