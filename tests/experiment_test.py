@@ -333,3 +333,15 @@ def test_paper_configs_build_with_every_reference_option(name, config):
   experiment.eval_options(config)
   experiment.optim_options(config)
   pipeline.PipelineConfig.from_config(config.data)
+
+
+def test_paper_configs_train_with_sgd_and_the_main_job_with_adamw():
+  for _, config in _paper_configs():
+    assert experiment.optim_options(config).optimizer == "sgd"
+  options = experiment.optim_options(synthetic.get_config())
+  assert options.optimizer == "adamw"
+  assert options.bias_lr_mult == 1.0 and options.weight_decay == 0.05
+  with pytest.raises(ValueError, match="optim.optimizer='adam'"):
+    config = synthetic.get_config()
+    config.optim.optimizer = "adam"
+    experiment.optim_options(config)
