@@ -18,7 +18,7 @@ three changes for training from scratch in minutes (docs/experiments.md):
     first (E5);
   - a query is embedded by the feature at its box centre, where training
     samples re-ID features, rather than by its best-overlapping detection
-    (AlignPS's script; "Q").
+    as AlignPS's evaluation script does ("Q").
 Lists are overridden with commas, image sizes as HxW:
 --config.data.train_scales=256x256,320x320.
 """

@@ -41,6 +41,7 @@ from ps_jax import checks
 
 FROZEN, BIAS, NORM, WEIGHT = "frozen", "bias", "norm", "weight"
 OPTIMIZERS = ("sgd", "adamw")
+_OPTIMIZERS_EXPECTED = " or ".join(repr(o) for o in OPTIMIZERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,7 @@ class OptimOptions:
     _require(isinstance(self.norm_weight_decay, bool), "norm_weight_decay",
              self.norm_weight_decay, "True or False")
     _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer,
-             " or ".join(repr(o) for o in OPTIMIZERS))
+             _OPTIMIZERS_EXPECTED)
     _require(_number(self.b2) and 0 <= self.b2 < 1, "b2", self.b2,
              "a number in [0, 1)")
     _require(_number(self.eps) and self.eps > 0, "eps", self.eps,
@@ -190,7 +191,7 @@ def make_optimizer(params: Any, *, lr: float, momentum: float = 0.9,
                         decay_factor=decay_factor)
 
   checks.require(optimizer in OPTIMIZERS, "optimizer", optimizer,
-                 " or ".join(repr(o) for o in OPTIMIZERS))
+                 _OPTIMIZERS_EXPECTED)
 
   def group(lr_mult: float, wd: float) -> optax.GradientTransformation:
     rate = lambda t: sched(t) * lr_mult

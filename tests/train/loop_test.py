@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import common
 from ps_jax import checkpoint
 from ps_jax import mesh as mesh_lib
 from ps_jax.train import loop
@@ -227,8 +228,6 @@ def test_adamw_resumes_bit_for_bit(make_tiny_config, make_experiment,
   # checkpointed and restored like SGD's momentum: a run killed after step 3
   # and restarted logs what the uninterrupted run logs. The toy system keeps
   # this test to the loop and the optimizer.
-  from configs import common  # pylint: disable=g-import-not-at-top
-
   def config():
     c = _configure(make_tiny_config(), 6)
     with c.unlocked():
