@@ -258,6 +258,9 @@ class ResNet(nn.Module):
     zero_init_residual: init the last norm scale of each block to 0 (only
       with norm='group'; a frozen zero scale would kill the block forever).
     return_levels: which of C2..C5 to return, in this order.
+    num_stages: residual stages built, res2..res(num_stages + 1) (4; a
+      Faster R-CNN C4 trunk builds 3 and runs res5 as its RoI head, see
+      `ResNetStage`). return_levels must lie within them.
     with_classifier: global average pool + dense `num_classes` head instead
       of features (torchvision classifier layout; used for parameter counts).
     num_classes: classifier outputs.
@@ -271,6 +274,7 @@ class ResNet(nn.Module):
   stage_with_dcn: Sequence[bool] = (False, False, False, False)
   zero_init_residual: bool = False
   return_levels: Sequence[int] = (2, 3, 4, 5)
+  num_stages: int = 4
   with_classifier: bool = False
   num_classes: int = 1000
   dtype: Dtype | None = None
@@ -291,6 +295,13 @@ class ResNet(nn.Module):
     if not set(self.return_levels) <= {2, 3, 4, 5} or not self.return_levels:
       raise ValueError("return_levels: expected a non-empty subset of "
                        f"(2, 3, 4, 5), got {self.return_levels!r}.")
+    if not 1 <= self.num_stages <= 4 or max(self.return_levels) > (
+        self.num_stages + 1):
+      raise ValueError(
+          f"num_stages: expected 1..4 stages covering return_levels "
+          f"{tuple(self.return_levels)!r}, got {self.num_stages}.")
+    if self.with_classifier and self.num_stages != 4:
+      raise ValueError("with_classifier: needs all 4 stages (num_stages=4).")
     if self.zero_init_residual and self.norm == "frozen":
       raise ValueError("zero_init_residual: needs a trainable norm "
                        "(norm='group'); a frozen zero scale never recovers.")
@@ -322,7 +333,8 @@ class ResNet(nn.Module):
       x = jax.lax.stop_gradient(x)
 
     feats = {}
-    for stage, (width, n) in enumerate(zip(widths, blocks)):
+    for stage, (width, n) in enumerate(zip(widths[:self.num_stages],
+                                           blocks[:self.num_stages])):
       for b in range(n):
         stride = 2 if (b == 0 and stage > 0) else 1
         x = block_cls(width, strides=stride, norm=self.norm, style=self.style,
@@ -338,6 +350,46 @@ class ResNet(nn.Module):
       return nn.Dense(self.num_classes, dtype=jnp.float32,
                       param_dtype=jnp.float32, name="fc")(pooled)
     return tuple(feats[lvl] for lvl in self.return_levels)
+
+
+class ResNetStage(nn.Module):
+  """One residual stage of a ResNet on its own: res5 as the RoI head of a
+  Faster R-CNN with a C4 trunk (`ResNet(num_stages=3)`).
+
+  Blocks are named as inside `ResNet` (`layer{stage}_{block}`), so a
+  torchvision checkpoint's layer4 maps onto them by name.
+
+  Attributes:
+    stage: 1..4 for res2..res5 (4).
+    depth, width_multiplier, style, norm, zero_init_residual, dtype: as in
+      `ResNet`.
+    stride: stride of the first block (2; 1 keeps the RoI's resolution).
+  """
+  stage: int = 4
+  depth: int = 50
+  width_multiplier: float = 1.0
+  style: str = "pytorch"
+  norm: str = "frozen"
+  zero_init_residual: bool = False
+  stride: int = 2
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: [N, H, W, C] -> [N, H / stride, W / stride, out channels]."""
+    if self.depth not in _ARCH or not 1 <= self.stage <= 4:
+      raise ValueError(f"ResNetStage: expected depth in {sorted(_ARCH)} and "
+                       f"stage 1..4, got {self.depth} and {self.stage}.")
+    block_type, blocks = _ARCH[self.depth]
+    block_cls = BasicBlock if block_type == "basic" else Bottleneck
+    width = stage_widths(self.width_multiplier)[self.stage - 1]
+    x = x.astype(self.dtype or x.dtype)
+    for b in range(blocks[self.stage - 1]):
+      x = block_cls(width, strides=self.stride if b == 0 else 1,
+                    norm=self.norm, style=self.style,
+                    zero_init_residual=self.zero_init_residual,
+                    dtype=self.dtype, name=f"layer{self.stage}_{b}")(x)
+    return x
 
 
 def is_frozen_param(path: Sequence[str], *, frozen_stages: int,
