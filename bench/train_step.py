@@ -16,6 +16,13 @@ system, jitted as the train loop jits it, from a fresh state of
                   padded to 928x1504, batch 4.
   synthetic_HxW   configs/synthetic.py's model, loss, batch size and box
                   budget at each of its training scales.
+  oim_600x1000    OIM R50, the paper's recipe (configs/oim_cuhk.py: caffe
+                  ResNet-50 split into a res2-res4 trunk and a res5 RoI head,
+                  512-wide RPN with 9 anchors, 12,000 / 2,000 proposals,
+                  128 RoIs per image, OIM with 5532 ids and a 5000 queue),
+                  input 600x1000, batch 2.
+  oim_synthetic_HxW  configs/oim_synthetic.py at each of its training
+                  scales.
 
 Batches are random: normalized-image-like noise with 3-8 people per image
 (heights 15-60% of the image, about 0.4 wide for 1 high; 70% labeled ids),
@@ -26,7 +33,8 @@ steady-state step time of `--steps` calls after `--warmup` calls (each
 synchronised with block_until_ready), the model FLOPs of one step from XLA's
 cost analysis (of the same step with plain convs in place of the deformable
 ones: XLA counts the body of the deformable conv's tap loop once, and that
-count is shown too), the achieved FLOP/s and its fraction of this machine's
+count is shown too; OIM has no deformable conv, so its two counts are the
+same), the achieved FLOP/s and its fraction of this machine's
 matmul peak (best of 20 jitted 2048x2048 matmuls in the
 same dtype, measured in the case's process just before its steps, so under
 the same load), XLA's temporary buffer size, and the process's peak RSS.
@@ -54,6 +62,8 @@ import jax
 import numpy as np
 
 from configs import common
+from configs import oim_cuhk
+from configs import oim_synthetic
 from configs import synthetic as synthetic_config
 from ps_jax import experiment
 from ps_jax import mesh as mesh_lib
@@ -93,12 +103,18 @@ def _r50_case(height: int, width: int, batch: int) -> dict[str, Any]:
   return {"config": c, "num_ids": CUHK_NUM_IDS, "steps": 3}
 
 
-def _synthetic_cases() -> dict[str, Any]:
+def _oim_case() -> dict[str, Any]:
+  c = oim_cuhk.get_config()
+  c.data.max_boxes = 16
+  return {"config": c, "num_ids": CUHK_NUM_IDS, "steps": 3}
+
+
+def _synthetic_cases(name: str, module: Any) -> dict[str, Any]:
   cases = {}
-  for h, w in synthetic_config.get_config().data.train_scales:
-    c = synthetic_config.get_config()
+  for h, w in module.get_config().data.train_scales:
+    c = module.get_config()
     c.data.train_scales = [(h, w)]
-    cases[f"synthetic_{h}x{w}"] = {
+    cases[f"{name}_{h}x{w}"] = {
         "config": c, "steps": 3,
         "num_ids": synthetic.SyntheticConfig().num_train_ids}
   return cases
@@ -106,8 +122,10 @@ def _synthetic_cases() -> dict[str, Any]:
 
 def all_cases() -> dict[str, dict[str, Any]]:
   cases = {"r50_512": _r50_case(512, 512, 2),
-           "r50_1500x900": dict(_r50_case(900, 1500, 4), steps=2)}
-  cases.update(_synthetic_cases())
+           "r50_1500x900": dict(_r50_case(900, 1500, 4), steps=2),
+           "oim_600x1000": _oim_case()}
+  cases.update(_synthetic_cases("synthetic", synthetic_config))
+  cases.update(_synthetic_cases("oim_synthetic", oim_synthetic))
   return cases
 
 
@@ -167,7 +185,10 @@ def _flops(compiled) -> float:
 
 
 def _plain_conv_model(model_cfg):
-  """The model config with plain convs where it has deformable ones."""
+  """The model config with plain convs where it has deformable ones (None
+  for a model without any: OIM's)."""
+  if "neck_dcn" not in model_cfg:
+    return None
   cfg = model_cfg.copy_and_resolve_references()
   cfg.neck_dcn = False
   cfg.head_dcn_on_last_conv = False
@@ -193,16 +214,20 @@ def run_case(name: str, steps: int, warmup: int, dtype: str
   # arithmetic is undercounted ~9x. The same step with plain convs in those
   # places has the same convolution FLOPs (the bilinear sampling, a few
   # percent, is left out); compiled only for its cost analysis.
-  plain = config.copy_and_resolve_references()
-  plain.model = _plain_conv_model(config.model)
-  plain_state, plain_step, *_ = _compiled_step(plain, num_ids, mesh, batch)
-  model_flops = _flops(plain_step)
-  del plain_state, plain_step
+  plain_model = _plain_conv_model(config.model)
+  if plain_model is not None:
+    plain = config.copy_and_resolve_references()
+    plain.model = plain_model
+    plain_state, plain_step, *_ = _compiled_step(plain, num_ids, mesh, batch)
+    model_flops = _flops(plain_step)
+    del plain_state, plain_step
 
   state, compiled, lower_s, compile_s, init_s = _compiled_step(
       config, num_ids, mesh, batch)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   xla_flops = _flops(compiled)
+  if plain_model is None:
+    model_flops = xla_flops
   memory = compiled.memory_analysis()
   temp_gb = (getattr(memory, "temp_size_in_bytes", float("nan")) / 2**30
              if memory is not None else float("nan"))
@@ -234,7 +259,9 @@ def run_case(name: str, steps: int, warmup: int, dtype: str
       "temp_gb": temp_gb, "dtype": dtype,
       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                      / 2**20,
-      "loss": float(metrics["loss"]), "num_pos": float(metrics["num_pos"]),
+      "loss": float(metrics["loss"]),
+      # Re-ID samples: AlignPS's positive points, OIM's foreground RoIs.
+      "num_pos": float(metrics.get("num_pos", metrics.get("num_fg_rois"))),
       "devices": jax.device_count(), "backend": jax.default_backend(),
   }
 
@@ -321,7 +348,7 @@ def main(argv):
           f"{100 * r['mfu']:.1f} | {r['temp_gb']:.1f} | "
           f"{r['peak_rss_gb']:.1f} |", flush=True)
     print(f"#   {name}: step times {[round(t, 2) for t in r['step_times_s']]}"
-          f" s, loss {r['loss']:.3f}, {r['num_pos']:.0f} positives, "
+          f" s, loss {r['loss']:.3f}, {r['num_pos']:.0f} re-ID samples, "
           f"init {r['init_s']:.0f} s, load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
 

@@ -4,16 +4,18 @@ Each experiment file (`configs/<name>.py`) calls these and shows its whole
 recipe, so two experiments differ by a readable diff. `ps_jax.experiment`
 turns a config into typed objects once, at the entry point; a section's keys
 are the fields of the object it becomes:
-  c.system  -> the system's name in ps_jax.systems.build ('alignps')
-  c.model   -> ps_jax.models.AlignPS(**c.model)
-  c.loss    -> ps_jax.systems.alignps.AlignPSLoss(**c.loss)
+  c.system  -> the system's name in ps_jax.systems.build ('alignps', 'oim')
+  c.model   -> ps_jax.models.AlignPS(**c.model) (OIM: ps_jax.models.oim.OIMNet)
+  c.loss    -> ps_jax.systems.alignps.AlignPSLoss(**c.loss) (OIM:
+               ps_jax.systems.oim.OIMLoss)
   c.optim   -> ps_jax.train.optim.OptimOptions(**c.optim)
   c.data    -> ps_jax.data.pipeline.PipelineConfig(**c.data)
   c.dataset -> ps_jax.experiment.DatasetOptions(**c.dataset)
   c.run     -> ps_jax.experiment.RunOptions(**c.run)
   c.eval    -> ps_jax.eval.protocols.EvalOptions (det_thresh,
                gallery_sizes, duplicates) and the system's predict options (AlignPS:
-               ps_jax.systems.alignps.AlignPSPredict, the other keys)
+               ps_jax.systems.alignps.AlignPSPredict, OIM:
+               ps_jax.systems.oim.OIMPredict; the other keys)
 
 Sequences are tuples, so that train.py can override them on the command
 line: --config.data.train_scales=256x256,320x320 (image sizes "HxW"),
@@ -99,16 +101,60 @@ def alignps_loss(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(loss)
 
 
+def oim_model(**overrides) -> ml_collections.ConfigDict:
+  """The OIM network (docs/oim.md): torchvision ResNet-50 split into a
+  res2-res4 trunk and a res5 RoI head, SeqNet's anchors and max pooling."""
+  m = dict(
+      depth=50, width_multiplier=1.0, style="pytorch", frozen_stages=0,
+      backbone_norm="frozen", anchor_sizes=(32.0, 64.0, 128.0, 256.0, 512.0),
+      anchor_ratios=(0.5, 1.0, 2.0), rpn_channels=None, roi_size=14,
+      roi_sampling_ratio=2, head_pool="max", reid_dim=256, dtype="float32")
+  m.update(overrides)
+  return ml_collections.ConfigDict(m)
+
+
+def oim_loss(**overrides) -> ml_collections.ConfigDict:
+  """OIM sampling and losses, Caffe OIM's values (`ps_jax.systems.oim`)."""
+  loss = dict(
+      rpn_fg_iou=0.7, rpn_bg_iou=0.3, rpn_batch=256, rpn_fg_fraction=0.5,
+      rpn_allowed_border=None, rpn_pre_nms_top_k=12000,
+      rpn_post_nms_top_k=2000, rpn_nms_iou=0.7, rpn_min_size=16.0,
+      rpn_small_first=True, rpn_beta=1.0 / 9.0, roi_samples=128,
+      roi_fg_fraction=0.25, roi_fg_iou=0.5, roi_bg_iou_high=0.5,
+      roi_bg_iou_low=0.0, box_beta=1.0, oim_scale=10.0, oim_momentum=0.5,
+      oim_queue_size=5000, oim_normalize_lut=True, w_rpn_cls=1.0,
+      w_rpn_box=1.0, w_cls=1.0, w_box=1.0, w_oim=1.0)
+  loss.update(overrides)
+  return ml_collections.ConfigDict(loss)
+
+
+def oim_evaluation(*, det_thresh: float, query_mode: str = "roi",
+                   max_dets: int = 100, score_threshold: float = 0.05,
+                   nms_iou: float = 0.4, rpn_pre_nms_top_k: int = 6000,
+                   rpn_post_nms_top_k: int = 300, gallery_sizes=(),
+                   **options) -> ml_collections.ConfigDict:
+  """`evaluation` for the OIM system: its test-time proposal counts and the
+  query box as the RoI (`ps_jax.systems.oim.OIMPredict`)."""
+  return ml_collections.ConfigDict(dict(
+      det_thresh=det_thresh, query_mode=query_mode, max_dets=max_dets,
+      score_threshold=score_threshold, nms_iou=nms_iou,
+      rpn_pre_nms_top_k=rpn_pre_nms_top_k,
+      rpn_post_nms_top_k=rpn_post_nms_top_k,
+      gallery_sizes=tuple(gallery_sizes), **options))
+
+
 def sgd(lr: float, *, weight_decay: float, warmup_steps: int,
-        decay_steps, clip_norm: float = 35.0,
+        decay_steps, clip_norm: float | None = 35.0,
+        bias_lr_mult: float = 2.0, warmup_ratio: float = 1.0 / 3.0,
         **options) -> ml_collections.ConfigDict:
   """SGD with AlignPS's parameter groups (`ps_jax.train.optim`).
 
   `options` are further OptimOptions keys (e.g. `norm_weight_decay`),
   present only where a config sets them (see `evaluation`)."""
   return ml_collections.ConfigDict(dict(
-      lr=lr, momentum=0.9, weight_decay=weight_decay, bias_lr_mult=2.0,
-      warmup_steps=warmup_steps, warmup_ratio=1.0 / 3.0,
+      lr=lr, momentum=0.9, weight_decay=weight_decay,
+      bias_lr_mult=bias_lr_mult, warmup_steps=warmup_steps,
+      warmup_ratio=warmup_ratio,
       decay_steps=tuple(decay_steps), decay_factor=0.1, clip_norm=clip_norm,
       **options))
 

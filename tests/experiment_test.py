@@ -345,3 +345,77 @@ def test_paper_configs_train_with_sgd_and_the_main_job_with_adamw():
     config = synthetic.get_config()
     config.optim.optimizer = "adam"
     experiment.optim_options(config)
+
+
+# The OIM configs (issue 13): the paper's recipe and SeqNet's baseline.
+
+
+def _oim_configs():
+  # pylint: disable=g-import-not-at-top
+  from configs import oim_cuhk
+  from configs import oim_prw
+  from configs import oim_synthetic
+  from configs import oim_synthetic_tiny
+  # pylint: enable=g-import-not-at-top
+  return [("cuhk", oim_cuhk.get_config()),
+          ("cuhk:seqnet", oim_cuhk.get_config("seqnet")),
+          ("prw", oim_prw.get_config()),
+          ("prw:seqnet", oim_prw.get_config("seqnet")),
+          ("synthetic", oim_synthetic.get_config()),
+          ("synthetic_tiny", oim_synthetic_tiny.get_config())]
+
+
+@pytest.mark.parametrize("name, config", _oim_configs(),
+                         ids=lambda x: x if isinstance(x, str) else "")
+def test_oim_configs_build_every_section(name, config):
+  num_ids = {"cuhk": 5532, "prw": 483}.get(name.split(":")[0], 150)
+  system = experiment.build_system(config, num_ids=num_ids)
+  assert type(system).__name__ == "OIMSystem" and system.num_ids == num_ids
+  experiment.eval_options(config)
+  experiment.optim_options(config)
+  pipeline.PipelineConfig.from_config(config.data)
+
+
+def test_oim_paper_and_seqnet_recipes():
+  # pylint: disable=g-import-not-at-top
+  from configs import oim_cuhk
+  from configs import oim_prw
+  # pylint: enable=g-import-not-at-top
+  caffe = oim_cuhk.get_config()
+  system = experiment.build_system(caffe, num_ids=5532)
+  model, loss = system.model, system.loss_options
+  assert model.anchor_sizes == (128.0, 256.0, 512.0)
+  assert model.rpn_channels == 512 and model.head_pool == "avg"
+  assert model.style == "caffe" and caffe.data.normalization == "caffe_bgr"
+  assert (loss.roi_samples, loss.roi_fg_fraction, loss.oim_scale,
+          loss.oim_queue_size, loss.rpn_min_size) == (128, 0.25, 10.0, 5000,
+                                                      16.0)
+  assert (loss.rpn_pre_nms_top_k, loss.rpn_post_nms_top_k) == (12000, 2000)
+  optim = experiment.optim_options(caffe)
+  assert (optim.lr, optim.weight_decay, optim.decay_steps,
+          caffe.run.num_steps, caffe.data.batch_size) == (
+              0.001, 5e-4, (40000,), 50000, 2)
+  predict = system.predict_options
+  assert (predict.nms_iou, predict.rpn_pre_nms_top_k,
+          predict.rpn_post_nms_top_k, predict.query_mode) == (0.4, 6000, 300,
+                                                               "roi")
+  assert experiment.eval_options(caffe).det_thresh == 0.5
+
+  seqnet = oim_cuhk.get_config("seqnet")
+  system = experiment.build_system(seqnet, num_ids=5532)
+  assert system.model.anchor_sizes == (32.0, 64.0, 128.0, 256.0, 512.0)
+  assert system.model.rpn_channels is None
+  assert system.model.head_pool == "max"
+  assert system.loss_options.roi_fg_fraction == 0.5
+  assert system.loss_options.oim_scale == 30.0
+  optim = experiment.optim_options(seqnet)
+  assert (optim.lr, optim.clip_norm, seqnet.data.batch_size) == (0.003, 10.0,
+                                                                 5)
+  assert seqnet.data.train_scales == ((900, 1500),)
+  assert seqnet.run.num_steps == 20 * 2242
+  assert optim.decay_steps == (16 * 2242,)
+
+  assert oim_prw.get_config().loss.oim_queue_size == 500
+  assert oim_prw.get_config("seqnet").run.num_steps == 18 * 1141
+  with pytest.raises(ValueError, match="':seqnet'"):
+    oim_cuhk.get_config("plus")

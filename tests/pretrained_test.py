@@ -244,3 +244,32 @@ def test_init_backbone_from_file_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.npz"):
     pretrained.init_backbone_from_file(shapes, tmp_path / "missing.npz",
                                        style="caffe", backbone_norm="frozen")
+
+
+def test_oim_imports_one_resnet_into_its_trunk_and_res5_head(tmp_path):
+  """The OIM network splits the ResNet (stem..res4 in the trunk, res5 in
+  the RoI head); a file's layer4 lands in the head, the rest in the trunk,
+  each leaf equal to a whole ResNet's import of the same file."""
+  from ps_jax import systems  # pylint: disable=import-outside-toplevel
+  from ps_jax.models.backbone import ResNet  # pylint: disable=import-outside-toplevel
+  sd = resnet18_state_dict(seed=4)
+  path = tmp_path / "r18.npz"
+  np.savez(path, **sd)
+  system = systems.build("oim", num_ids=3, model=dict(
+      depth=18, width_multiplier=1 / 16, rpn_channels=4, roi_size=4,
+      reid_dim=8), loss={}, predict={})
+  variables, _ = jax.eval_shape(system.init, KEY, jnp.zeros((1, 64, 64, 3)))
+  new = system.init_from(variables, str(path), normalization="imagenet_rgb")
+  whole = jax.eval_shape(ResNet(depth=18, width_multiplier=1 / 16).init, KEY,
+                         jnp.zeros((1, 64, 64, 3)))
+  want, _ = weights.import_backbone(whole, sd, format="torchvision",
+                                    prefix="")
+  for collection in ("params", "frozen_bn"):
+    got = dict(new[collection]["backbone"], **new[collection]["res5"])
+    assert set(new[collection]["res5"]) == {"layer4_0", "layer4_1"}
+    assert "layer4_0" not in new[collection]["backbone"]
+    jax.tree.map(np.testing.assert_array_equal, got, want[collection])
+  # The RPN and the heads keep their initial values.
+  assert new["params"]["rpn_conv"] is variables["params"]["rpn_conv"]
+  with pytest.raises(ValueError, match="init_from=.*normalization"):
+    system.init_from(variables, str(path), normalization="caffe_bgr")

@@ -94,11 +94,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--det_thresh", type=float, default=None,
                  help="gallery detections with score >= this take part in "
                       "search (default: config.eval.det_thresh)")
-  p.add_argument("--query_mode", choices=("best_iou", "center"),
+  p.add_argument("--query_mode", choices=("best_iou", "center", "roi"),
                  default=None,
-                 help="query embedding: best_iou (AlignPS: the detection "
-                      "overlapping the query box most) or center (the "
-                      "feature at the box centre); default: "
+                 help="query embedding: best_iou (the detection overlapping "
+                      "the query box most; AlignPS and OIM), center (the "
+                      "feature at the box centre; AlignPS) or roi (the query "
+                      "box as the RoI; OIM); default: "
                       "config.eval.query_mode")
   p.add_argument("--gallery_sizes", type=_gallery_sizes, default=None,
                  help="CUHK-style gallery sizes to report, comma-separated, "

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ps_jax.systems import alignps
+from ps_jax.systems import oim
 from ps_jax.systems.base import CropReIDSystem
 from ps_jax.systems.base import PersonSearchSystem
 from ps_jax.systems.base import System
@@ -20,6 +21,7 @@ from ps_jax.systems.base import initialize
 
 _BUILDERS = {
     "alignps": alignps.from_options,
+    "oim": oim.from_options,
 }
 NAMES = tuple(sorted(_BUILDERS))
 
@@ -29,10 +31,9 @@ def build(name: str, *, num_ids: int, **sections: Mapping[str, Any]
   """The system called `name`, from its option sections.
 
   Args:
-    name: a config's `system` entry ('alignps').
+    name: a config's `system` entry ('alignps', 'oim').
     num_ids: labeled training identities of the dataset (its metadata).
-    **sections: the option mappings the system takes (AlignPS: model, loss,
-      predict).
+    **sections: the option mappings the system takes (model, loss, predict).
   Raises:
     ValueError: unknown name, or an option the system does not have.
   """

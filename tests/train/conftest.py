@@ -23,6 +23,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import oim_synthetic_tiny
 from configs import synthetic_tiny
 from ps_jax import checkpoint
 from ps_jax import experiment
@@ -30,7 +31,7 @@ from ps_jax import experiment
 # The one bucket the tiny tests train at (height, width).
 TINY_SCALE = (96, 96)
 # The systems the trainer's tests run over (see the module docstring).
-SYSTEMS = ("alignps", "toy")
+SYSTEMS = ("alignps", "oim", "toy")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -76,17 +77,36 @@ def tiny_config(make_tiny_config) -> ml_collections.ConfigDict:
 def make_experiment(toy_system_cls):
   """make(system_name, config) -> the tiny experiment of that system.
 
-  'alignps' is the config's own system (configs/synthetic_tiny.py); 'toy'
-  is the worked example of docs/architecture.md, passed to the trainer as
-  a built system on the same data, optimizer and run settings.
+  'alignps' is the config's own system (configs/synthetic_tiny.py); 'oim'
+  takes the system, model, loss and predict keys of
+  configs/oim_synthetic_tiny.py and keeps the rest of the config (data,
+  optimizer, run, protocol keys); 'toy' is the worked example of
+  docs/architecture.md, passed to the trainer as a built system on the same
+  data, optimizer and run settings.
   """
   def make(name: str, config: ml_collections.ConfigDict):
     if name == "alignps":
       return experiment.from_config(config)
+    if name == "oim":
+      return experiment.from_config(as_oim(config))
     if name == "toy":
       return experiment.from_config(config, system=toy_system_cls())
     raise ValueError(f"no tiny experiment for system {name!r}")
   return make
+
+
+def as_oim(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of an AlignPS tiny config that trains the tiny OIM instead."""
+  oim = oim_synthetic_tiny.get_config()
+  config = ml_collections.ConfigDict(config.to_dict())
+  eval_keys = ("det_thresh", "gallery_sizes", "duplicates")
+  for key in eval_keys:
+    if key in config.eval:
+      oim.eval[key] = config.eval[key]
+  config.system = "oim"
+  config.model, config.loss, config.eval = oim.model, oim.loss, oim.eval
+  config.lock()
+  return config
 
 
 @pytest.fixture(scope="module", params=SYSTEMS)

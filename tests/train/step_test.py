@@ -4,11 +4,11 @@ The step is jitted exactly as the train loop jits it (batch P("data"), state
 replicated and donated) on the 8 simulated devices of tests/conftest.py and
 on a 1-device mesh, and both run the same two real batches of the tiny
 synthetic pipeline from the same initial state. With the system's extra
-state (AlignPS: the OIM memory) updated from the global batch, the losses,
+state (AlignPS, OIM: the OIM memory) updated from the global batch, the losses,
 the gradients (hence the updated parameters and optimizer state) and the
 extra state must agree up to the order of floating-point reductions. Each
 test runs once per system of tests/train/conftest.py; the last ones check
-AlignPS's memory in particular.
+the OIM memory of AlignPS and OIM in particular.
 """
 
 import jax
@@ -157,15 +157,20 @@ def test_extra_state_matches_on_one_and_eight_devices(runs):
                                  err_msg=jax.tree_util.keystr(path))
 
 
-def _alignps_only(system):
-  if system != "alignps":
-    pytest.skip("AlignPS's OIM memory")
+# The systems with an OIM memory, and the metric that counts their re-ID
+# samples (AlignPS: positive points; OIM: foreground RoIs).
+_POSITIVES = {"alignps": "num_pos", "oim": "num_fg_rois"}
+
+
+def _with_memory_only(system):
+  if system not in _POSITIVES:
+    pytest.skip("systems with an OIM memory")
 
 
 def test_memory_holds_the_global_batch_identities(system, setup, runs):
   """After the first step, the LUT rows written are labeled ids of the global
   batch, from more than one image (not one device's share)."""
-  _alignps_only(system)
+  _with_memory_only(system)
   lut = runs[8]["states"][0].extra.lut
   batch = setup["batches"][0]
   labeled = set(batch["pids"][batch["boxes_valid"] & (batch["pids"] >= 0)])
@@ -185,7 +190,7 @@ def test_state_is_donated(runs):
 
 
 def test_no_nan_without_any_boxes(system, setup):
-  _alignps_only(system)
+  _with_memory_only(system)
   mesh = mesh_lib.make_mesh(8)
   # From a state whose memory holds features, so that a stray write shows.
   state, _ = setup["steps"][8](_on_mesh(setup["state"], mesh),
@@ -199,7 +204,7 @@ def test_no_nan_without_any_boxes(system, setup):
   metrics, after = jax.device_get(metrics), _host(new_state)
   for k, v in metrics.items():
     assert np.isfinite(v), k
-  assert metrics["num_pos"] == 0
+  assert metrics[_POSITIVES[system]] == 0
   assert metrics["loss_oim"] == 0 and metrics["loss_box"] == 0
   # Background-only classification still trains.
   assert metrics["loss_cls"] > 0 and metrics["grad_norm"] > 0
