@@ -131,12 +131,15 @@ def oim_loss(**overrides) -> ml_collections.ConfigDict:
 def oim_evaluation(*, det_thresh: float, query_mode: str = "roi",
                    max_dets: int = 100, score_threshold: float = 0.05,
                    nms_iou: float = 0.4, rpn_pre_nms_top_k: int = 6000,
-                   rpn_post_nms_top_k: int = 300, gallery_sizes=(),
+                   rpn_post_nms_top_k: int = 300,
+                   embed_at: str = "proposal", gallery_sizes=(),
                    **options) -> ml_collections.ConfigDict:
-  """`evaluation` for the OIM system: its test-time proposal counts and the
-  query box as the RoI (`ps_jax.systems.oim.OIMPredict`)."""
+  """`evaluation` for the OIM system: its test-time proposal counts, the
+  query box as the RoI, where detections are embedded
+  (`ps_jax.systems.oim.OIMPredict`)."""
   return ml_collections.ConfigDict(dict(
       det_thresh=det_thresh, query_mode=query_mode, max_dets=max_dets,
+      embed_at=embed_at,
       score_threshold=score_threshold, nms_iou=nms_iou,
       rpn_pre_nms_top_k=rpn_pre_nms_top_k,
       rpn_post_nms_top_k=rpn_post_nms_top_k,

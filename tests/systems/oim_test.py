@@ -133,3 +133,26 @@ def test_predict_shapes_and_the_query_roi(trained_once):
                             method=OIMNet.roi_head)
   want = vectors.l2_normalize(head["embedding"][:, 0])
   np.testing.assert_allclose(out["query_embedding"], want, atol=1e-5)
+
+
+def test_predict_embeds_the_regressed_boxes_on_request(trained_once):
+  _, batch, params, variables, _, _, _, _ = trained_once
+  full = {"params": params, **variables}
+  system = _tiny(embed_at="box", score_threshold=0.0)
+  queries = jnp.zeros((2, 4), jnp.float32)
+  out = jax.jit(system.predict)(full, batch, queries)
+  valid = np.asarray(out["valid"])
+  assert valid.sum() > 0
+  # The detections' boxes back in network pixels (orig_hw is twice
+  # image_hw here), through the RoI head.
+  trunk = system.model.apply(full, batch["image"], method=OIMNet.trunk)
+  head = system.model.apply(full, trunk["c4"], out["boxes"] / 2,
+                            method=OIMNet.roi_head)
+  want = np.asarray(vectors.l2_normalize(head["embedding"]))
+  np.testing.assert_allclose(np.asarray(out["embeddings"])[valid],
+                             want[valid], atol=1e-4)
+  # The proposal rule gives other embeddings for the same detections.
+  plain = jax.jit(_tiny(score_threshold=0.0).predict)(full, batch, queries)
+  np.testing.assert_array_equal(plain["valid"], out["valid"])
+  assert np.abs(np.asarray(plain["embeddings"])[valid]
+                - want[valid]).max() > 1e-4
