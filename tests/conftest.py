@@ -25,6 +25,7 @@ import re  # noqa: E402
 
 import pytest  # noqa: E402
 
+from configs import oim_synthetic_tiny  # noqa: E402
 from configs import synthetic_tiny  # noqa: E402
 from data_builders import build  # noqa: E402
 
@@ -70,13 +71,33 @@ def tiny_checkpoint(tmp_path_factory, tiny_experiment) -> pathlib.Path:
   it (restoring, predicting, evaluating, indexing, searching) does not
   depend on how far the weights were trained.
   """
+  return _initial_checkpoint(tiny_experiment,
+                             tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_oim_checkpoint(tmp_path_factory, tiny_synthetic_dir) -> pathlib.Path:
+  """`tiny_checkpoint` for configs/oim_synthetic_tiny.py (every candidate
+  kept; detections embedded at their own boxes)."""
+  from ps_jax import experiment  # pylint: disable=g-import-not-at-top
+  config = oim_synthetic_tiny.get_config()
+  config.lock()
+  config.dataset.data_dir = tiny_synthetic_dir
+  config.eval.score_threshold = 0.0
+  config.eval.det_thresh = 0.0
+  config.eval.embed_at = "box"
+  return _initial_checkpoint(experiment.from_config(config),
+                             tmp_path_factory.mktemp("tiny_oim_run"))
+
+
+def _initial_checkpoint(exp, workdir: pathlib.Path) -> pathlib.Path:
+  """`workdir` with the train loop's initial state of `exp` saved as the
+  loop saves it, at step TINY_STEP, without compiling a train step."""
   # pylint: disable=g-import-not-at-top
   from ps_jax import checkpoint
   from ps_jax import mesh as mesh_lib
   from ps_jax.train import step as step_lib
   # pylint: enable=g-import-not-at-top
-  exp = tiny_experiment
-  workdir = tmp_path_factory.mktemp("tiny_run")
   state, _, _ = step_lib.init_state(exp.system, exp.optim, exp.run.seed,
                                     exp.data.train_scales[0],
                                     mesh_lib.make_mesh())

@@ -109,3 +109,32 @@ def test_index_and_query_a_checkpoint(tiny_checkpoint, tmp_path, capsys,
       f"query box [{w + 1}, 0, {w + 9}, 5] is empty inside the {w}x{h} "
       f"image (clipped to it: [{w}, 0, {w}, 5]")):
     predictor.embed_query(pixels, (w + 1, 0, w + 9, 5))
+
+
+def test_index_and_query_an_oim_checkpoint(tiny_oim_checkpoint, tmp_path,
+                                           capsys):
+  """ps-search with the two-stage system: its query embedding is the query
+  box read as an RoI, and its detections are embedded at their own boxes
+  (`embed_at='box'`), so a detection's box queries back to itself."""
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for i in range(2):
+    scene = synthetic.generate_scene(synthetic_builder.TINY, "test", i)
+    Image.fromarray(scene["image"]).save(photos / scene["image_id"].replace(
+        ".jpg", ".png"))
+  idx = tmp_path / "idx"
+  assert cli.main(["index", "--workdir", str(tiny_oim_checkpoint),
+                   "--images", str(photos), "--out", str(idx)]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["detections"] > 0
+  assert summary["model"]["system"]["type"] == "OIMSystem"
+  index = index_lib.GalleryIndex.load(idx)
+  assert index.embedding_dim == 16
+  target = int(np.argmax(index.scores))
+  image = index.images[index.image_of_det[target]]
+  box = ",".join(f"{v:.4f}" for v in index.boxes[target])
+  assert cli.main(["query", "--index", str(idx), "--image", image.path,
+                   "--box", box, "--top-k", "3"]) == 0
+  top = json.loads(capsys.readouterr().out)["hits"][0]
+  assert top["detection"] == target
+  assert top["similarity"] == pytest.approx(1.0, abs=1e-3)
