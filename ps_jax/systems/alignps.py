@@ -359,14 +359,10 @@ class AlignPSSystem:
   def predict(self, variables: Any, batch: Mapping[str, jax.Array],
               query_boxes: jax.Array) -> dict[str, jax.Array]:
     opts = self.predict_options
-    image_hw = jnp.asarray(batch["image_hw"], jnp.float32)
-    orig_hw = jnp.asarray(batch["orig_hw"], jnp.float32)
     kwargs = ({"image_hw": batch["image_hw"]} if self.model.needs_image_hw
               else {})
     out = self.model.apply(variables, batch["image"], train=False, **kwargs)
-    # Per-axis (y, x) network px per original px: the exact inverse of the
-    # pipeline's resize. Padding examples (orig_hw = 0) get 1.
-    scale = jnp.where(orig_hw > 0, image_hw / jnp.maximum(orig_hw, 1.0), 1.0)
+    scale = base.network_scale(batch)
     pred = person_search.predict_detections(
         out, batch["image_hw"], scale, max_dets=int(opts.max_dets),
         pre_nms_top_k=int(opts.pre_nms_top_k),

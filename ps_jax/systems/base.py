@@ -58,6 +58,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 Variables = Any   # {"params": pytree, <collection>: pytree, ...}
@@ -155,6 +156,15 @@ def typed(section: str, cls: type, values: Mapping[str, Any]) -> Any:
                      f"{names}")
   return cls(**{k: tuple(v) if isinstance(v, list) else v
                 for k, v in values.items()})
+
+
+def network_scale(batch: Mapping[str, Any]) -> jax.Array:
+  """f32[B, 2] (y, x) network pixels per original pixel of a predict batch:
+  image_hw / orig_hw, the exact inverse of the pipeline's per-axis resize;
+  1 for padding examples (orig_hw = 0)."""
+  image_hw = jnp.asarray(batch["image_hw"], jnp.float32)
+  orig_hw = jnp.asarray(batch["orig_hw"], jnp.float32)
+  return jnp.where(orig_hw > 0, image_hw / jnp.maximum(orig_hw, 1.0), 1.0)
 
 
 def check_predictions(out: dict[str, Any], where: str) -> None:

@@ -358,8 +358,7 @@ class OIMSystem:
     opts = self.predict_options
     image_hw = jnp.asarray(batch["image_hw"], jnp.float32)
     orig_hw = jnp.asarray(batch["orig_hw"], jnp.float32)
-    # Per-axis (y, x) network px per original px; padding examples get 1.
-    scale = jnp.where(orig_hw > 0, image_hw / jnp.maximum(orig_hw, 1.0), 1.0)
+    scale = base.network_scale(batch)  # (y, x)
     scale_xyxy = jnp.tile(scale[:, ::-1], (1, 2))[:, None, :]  # [B, 1, 4]
     out = self.model.apply(variables, batch["image"], method=OIMNet.trunk)
     anchors = out["anchors"]
