@@ -391,14 +391,33 @@ def query_embedding(pred: dict[str, Array], query_boxes: Array,
     return dict(embedding=centre_emb, from_detection=jnp.zeros((b,), bool),
                 det_index=jnp.zeros((b,), jnp.int32),
                 iou=jnp.zeros((b,), jnp.float32))
-  iou = iou_plus_one(pred["boxes"], query_boxes)  # [B, M]
-  iou = jnp.where(pred["valid"], iou, -1.0)
+  best = best_iou_detection(pred, query_boxes)
+  emb = jnp.where(best["from_detection"][:, None], best["embedding"],
+                  centre_emb)
+  return dict(best, embedding=emb)
+
+
+def best_iou_detection(pred: dict[str, Array], query_boxes: Array
+                       ) -> dict[str, Array]:
+  """The valid detection overlapping each query box most (AlignPS's rule,
+  +1-pixel IoU convention; any system's fixed-size predictions).
+
+  Args:
+    pred: boxes f32[B, M, 4] original pixels, embeddings f32[B, M, D],
+      valid bool[B, M].
+    query_boxes: f32[B, 4] xyxy, original pixels.
+  Returns:
+    embedding f32[B, D] (that detection's; meaningful where
+    from_detection); from_detection bool[B] (some valid detection overlaps
+    the box); det_index i32[B] (0 otherwise); iou f32[B] (0 otherwise).
+  """
+  iou = iou_plus_one(pred["boxes"], jnp.asarray(query_boxes, jnp.float32))
+  iou = jnp.where(pred["valid"], iou, -1.0)  # [B, M]
   det_index = jnp.argmax(iou, axis=1).astype(jnp.int32)  # [B]
   best = jnp.take_along_axis(iou, det_index[:, None], axis=1)[:, 0]
   from_det = best > 0.0
   det_emb = jnp.take_along_axis(pred["embeddings"],
                                 det_index[:, None, None], axis=1)[:, 0]
-  emb = jnp.where(from_det[:, None], det_emb, centre_emb)
-  return dict(embedding=emb, from_detection=from_det,
+  return dict(embedding=det_emb, from_detection=from_det,
               det_index=jnp.where(from_det, det_index, 0),
               iou=jnp.where(from_det, best, 0.0))

@@ -324,7 +324,7 @@ class OIMSystem:
     feats = vectors.l2_normalize(
         head["embedding"].reshape(b * s, -1).astype(jnp.float32))
     valid = rois["foreground"].reshape(b * s)
-    pids = jnp.where(valid, rois["pids"].reshape(b * s), -2)
+    pids = rois["pids"].reshape(b * s)  # -2 (ignored) where not foreground
     logits = oim.oim_logits(feats, extra, lut_scale=cfg.oim_scale,
                             queue_scale=cfg.oim_scale)
     reid = oim.oim_loss(logits, pids, valid, reduction="mean_labeled")
@@ -386,16 +386,17 @@ class OIMSystem:
         score_threshold=float(opts.score_threshold), valid=props["valid"])
     take = lambda x: jnp.take_along_axis(
         x, keep.reshape(keep.shape + (1,) * (x.ndim - 2)), axis=1)
-    valid = keep_valid
     det_boxes = jnp.minimum(
         take(boxes) / scale_xyxy,
         jnp.tile(orig_hw[:, ::-1], (1, 2))[:, None, :])
-    det_emb = take(emb[:, :r])
     if opts.embed_at == "box":
       # The identity branch again, on each kept detection's regressed box.
       again = self.model.apply(variables, out["c4"], take(boxes),
                                method=OIMNet.roi_head)
       det_emb = vectors.l2_normalize(again["embedding"].astype(jnp.float32))
+    else:
+      det_emb = take(emb[:, :r])
+    valid = keep_valid
     det = {"boxes": jnp.where(valid[..., None], det_boxes, 0.0),
            "scores": jnp.where(valid, take(scores), 0.0),
            "embeddings": jnp.where(valid[..., None], det_emb, 0.0),
@@ -403,13 +404,10 @@ class OIMSystem:
     query_emb = emb[:, r]
     from_det = jnp.zeros(query_emb.shape[:1], bool)
     if opts.query_mode == "best_iou":
-      iou = person_search.iou_plus_one(det["boxes"], query_boxes)
-      iou = jnp.where(valid, iou, -1.0)
-      idx = jnp.argmax(iou, axis=1)
-      from_det = jnp.take_along_axis(iou, idx[:, None], axis=1)[:, 0] > 0
-      best = jnp.take_along_axis(det["embeddings"], idx[:, None, None],
-                                 axis=1)[:, 0]
-      query_emb = jnp.where(from_det[:, None], best, query_emb)
+      # The best-overlapping detection; the query RoI where none overlaps.
+      best = person_search.best_iou_detection(det, query_boxes)
+      from_det = best["from_detection"]
+      query_emb = jnp.where(from_det[:, None], best["embedding"], query_emb)
     return {**det, "query_embedding": query_emb,
             "query_from_detection": from_det}
 

@@ -156,3 +156,27 @@ def test_predict_embeds_the_regressed_boxes_on_request(trained_once):
   np.testing.assert_array_equal(plain["valid"], out["valid"])
   assert np.abs(np.asarray(plain["embeddings"])[valid]
                 - want[valid]).max() > 1e-4
+
+
+def test_best_iou_query_mode(trained_once):
+  """'best_iou': the detection overlapping the query box most supplies the
+  embedding; a box that overlaps no detection keeps the RoI embedding."""
+  _, batch, params, variables, _, _, _, _ = trained_once
+  full = {"params": params, **variables}
+  roi_mode = _tiny(score_threshold=0.0)
+  dets = jax.jit(roi_mode.predict)(full, batch, jnp.zeros((2, 4)))
+  slot = int(np.argmax(np.asarray(dets["scores"][0])))
+  # Image 0 asks for one of its detections; image 1 for a box whose +1-pixel
+  # IoU with every detection is 0 (outside the 256 x 160 original image).
+  queries = jnp.stack([dets["boxes"][0, slot],
+                       jnp.array([300.0, 200.0, 310.0, 230.0])])
+  best = jax.jit(_tiny(score_threshold=0.0, query_mode="best_iou").predict)(
+      full, batch, queries)
+  roi = jax.jit(roi_mode.predict)(full, batch, queries)
+  np.testing.assert_array_equal(best["query_from_detection"], [True, False])
+  np.testing.assert_allclose(best["query_embedding"][0],
+                             dets["embeddings"][0, slot], atol=1e-6)
+  np.testing.assert_allclose(best["query_embedding"][1],
+                             roi["query_embedding"][1], atol=1e-6)
+  assert np.abs(np.asarray(best["query_embedding"][0])
+                - np.asarray(roi["query_embedding"][0])).max() > 1e-4
