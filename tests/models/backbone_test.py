@@ -284,3 +284,31 @@ def test_bad_config_names_the_field(kwargs, field):
   model = backbone.ResNet(width_multiplier=1 / 16, **kwargs)
   with pytest.raises(ValueError, match=field):
     jax.eval_shape(model.init, KEY, jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_a_three_stage_trunk_and_res5_stage_compose_to_the_whole_resnet(
+    depth):
+  """ResNet(num_stages=3) -> ResNetStage(stage=4) with the whole network's
+  weights, split by name, gives the whole network's C4 and C5 (the OIM
+  split)."""
+  x = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))
+  whole = backbone.ResNet(depth=depth, width_multiplier=1 / 16,
+                          return_levels=(4, 5))
+  variables = _random_variables(whole, x)
+  c4, c5 = whole.apply(variables, x)
+  trunk = backbone.ResNet(depth=depth, width_multiplier=1 / 16,
+                          return_levels=(4,), num_stages=3)
+  head = backbone.ResNetStage(stage=4, depth=depth, width_multiplier=1 / 16)
+  split = lambda keep: {c: {k: v for k, v in t.items() if keep(k)}
+                        for c, t in variables.items()}
+  (got4,) = trunk.apply(split(lambda k: not k.startswith("layer4_")), x)
+  got5 = head.apply(split(lambda k: k.startswith("layer4_")), got4)
+  np.testing.assert_allclose(got4, c4, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got5, c5, rtol=1e-5, atol=1e-5)
+
+
+def test_num_stages_must_cover_the_returned_levels():
+  with pytest.raises(ValueError, match="num_stages"):
+    backbone.ResNet(depth=18, num_stages=3, return_levels=(5,)).init(
+        KEY, jnp.zeros((1, 32, 32, 3)))
