@@ -54,6 +54,7 @@ BUILDERS: dict[str, str] = {
     "cuhk_sysu": "Builder",
     "prw": "Builder",
     "market1501": "Builder",
+    "synthetic_reid": "SyntheticReid",
 }
 
 

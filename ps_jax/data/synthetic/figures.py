@@ -8,6 +8,8 @@ two-coloured banners.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ps_jax.data.synthetic import identities
@@ -50,6 +52,81 @@ def _patterned(top_l, top_r, y0, bot_l, bot_r, y1, ident: identities.Identity,
   return prims
 
 
+class _Body(NamedTuple):
+  """Body geometry shared by `person_prims` and `person_keypoints`.
+
+  Vertical positions and widths are fractions of the person's height; y is
+  measured down from the top of the person (the top of the hat if any).
+  """
+  profile: bool  # facing "left" or "right": seen from the side
+  fwd: float  # profile: the image-x direction the nose points (-1 or +1)
+  head_h: float  # head height
+  head_w: float  # head width
+  y_head: float  # top of the head (below the hat's crown)
+  y_sh: float  # shoulder line: top of the torso, base of the neck
+  y_hip: float  # hip line: bottom of the torso
+  sw: float  # half shoulder width
+  hw: float  # half hip width
+
+
+def _body(ident: identities.Identity, facing: str) -> _Body:
+  """The body geometry of `ident` seen facing `facing`."""
+  profile = facing in ("left", "right")
+  wf = ident.width
+  head_h = 0.125 * ident.head
+  y_head = 0.03 if ident.hat is not None else 0.0
+  y_sh = y_head + head_h + 0.012
+  return _Body(
+      profile=profile,
+      fwd=-1.0 if facing == "left" else 1.0,
+      head_h=head_h,
+      head_w=head_h * (0.72 if profile else 0.8),
+      y_head=y_head,
+      y_sh=y_sh,
+      y_hip=y_sh + 0.33,
+      sw=(0.085 if profile else 0.125) * wf,
+      hw=(0.075 if profile else 0.105) * wf)
+
+
+KEYPOINTS = ("head_top", "neck", "left_hip", "right_hip")
+
+
+def person_keypoints(ident: identities.Identity, facing: str, stride: float,
+                     height: float, cx: float, top: float) -> np.ndarray:
+  """f64[4, 2] (x, y) image pixels of the KEYPOINTS of a person.
+
+  The same person as `person_prims(ident, facing, stride, height, cx, top)`,
+  from the same body geometry (`_body`); pure computation, no random draws.
+
+  * head_top: (cx, top of the head), the top of the head ellipse; a hat's
+    crown sits above it.
+  * neck: (cx, shoulder line), the base of the neck at the top centre of
+    the torso (OpenPose's "neck").
+  * left_hip, right_hip: the ends of the hip line (bottom edge of the
+    torso), the person's own left and right. Facing the camera ("front") the
+    person's left hip is on the image right (cx + half hip width); seen from
+    the back it is on the image left. In profile ("left", "right") the hips
+    are one behind the other: both are put at the centre of the hip line,
+    (cx, hip line), so the two points coincide.
+
+  Args:
+    ident, facing, stride, height, cx, top: as for `person_prims` (the hips
+      do not move with the stride).
+  """
+  del stride  # The legs swing below the hips.
+  if facing not in FACINGS:
+    raise ValueError(f"facing {facing!r}: expected one of {FACINGS}")
+  g = _body(ident, facing)
+  side = {"front": 1.0, "back": -1.0}.get(facing, 0.0)  # image x of the left
+  y_hip = top + g.y_hip * height
+  return np.array([
+      (cx, top + g.y_head * height),
+      (cx, top + g.y_sh * height),
+      (cx + side * g.hw * height, y_hip),
+      (cx - side * g.hw * height, y_hip),
+  ], np.float64)
+
+
 def person_prims(ident: identities.Identity, facing: str, stride: float,
                  height: float, cx: float, top: float
                  ) -> list[primitives.Prim]:
@@ -66,17 +143,11 @@ def person_prims(ident: identities.Identity, facing: str, stride: float,
   x = lambda f: cx + f * h  # noqa: E731  (fractions of the height)
   y = lambda f: top + f * h  # noqa: E731
   prims: list[primitives.Prim] = []
-  profile = facing in ("left", "right")
-  fwd = -1.0 if facing == "left" else 1.0  # profile: the way the nose points
-  wf = ident.width
-  head_h = 0.125 * ident.head
-  head_w = head_h * (0.72 if profile else 0.8)
-  y_head = 0.03 if ident.hat is not None else 0.0
-  y_sh = y_head + head_h + 0.012
-  y_hip = y_sh + 0.33
+  g = _body(ident, facing)
+  profile, fwd, wf = g.profile, g.fwd, ident.width
+  head_h, head_w, y_head = g.head_h, g.head_w, g.y_head
+  y_sh, y_hip, sw, hw = g.y_sh, g.y_hip, g.sw, g.hw
   y_foot = 0.965
-  sw = (0.085 if profile else 0.125) * wf  # half shoulder width
-  hw = (0.075 if profile else 0.105) * wf  # half hip width
   aw = 0.05 * wf  # arm width
   # Image side of the bag: a person's left is on the image right when they
   # face the camera; in profile only one side is seen.

@@ -29,6 +29,11 @@ class _Entity:
   solid: np.ndarray  # f64[4] the part that hides what is behind it
   pid: int | None = None  # None: not a person (no box)
   labeled_box: np.ndarray | None = None
+  # People only: f64[4, 2] (x, y) pixels of figures.KEYPOINTS, not clipped,
+  # and the `figures.person_prims` arguments (ident, facing, stride, height,
+  # cx, top) that drew `prims`.
+  keypoints: np.ndarray | None = None
+  person: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -42,6 +47,9 @@ class SceneLayout:
     boxes_xyxy: f32[N, 4] person boxes (pixels, clipped to the image).
     pids: i32[N] person ids (-1 unlabeled).
     visible: f32[N] approximate visible fraction of each box in [0, 1].
+    keypoints: f32[N, 4, 2] (x, y) image pixels of each person's
+      `figures.KEYPOINTS` (head top, neck, left hip, right hip), in the order
+      of the boxes, not clipped to the image.
     entities: drawables sorted far to near (private to the renderer).
   """
   split: str
@@ -54,6 +62,7 @@ class SceneLayout:
   boxes_xyxy: np.ndarray
   pids: np.ndarray
   visible: np.ndarray
+  keypoints: np.ndarray
   entities: list[_Entity]
 
 
@@ -134,11 +143,15 @@ def scene_layout(cfg: config.SyntheticConfig, split: str, index: int
     cx = float(np.clip(cx, -ext[0] - 0.3 * pw, width - ext[2] + 0.3 * pw))
     prims = figures.person_prims(ident, facing, stride, h, cx, foot - h)
     box = primitives.prims_box(prims)
+    # Pure computation from the same geometry: no random draw.
+    keypoints = figures.person_keypoints(ident, facing, stride, h, cx,
+                                         foot - h)
     core = np.array([cx - 0.3 * pw, box[1] + 0.02 * h, cx + 0.3 * pw, box[3]])
     pid = (k + pid_offset) if k >= 0 else schema.UNLABELED_PID
     if k >= 0:
       used.add(k)
-    people.append(_Entity(foot, prims, box, core, pid))
+    people.append(_Entity(foot, prims, box, core, pid, keypoints=keypoints,
+                          person=(ident, facing, stride, h, cx, foot - h)))
 
     if rng.random() < cfg.occluder_prob:
       kind = props.OCCLUDER_KINDS[rng.integers(len(props.OCCLUDER_KINDS))]
@@ -193,4 +206,7 @@ def scene_layout(cfg: config.SyntheticConfig, split: str, index: int
       camera=cam_id, width=width, height=height, horizon=float(horizon),
       boxes_xyxy=boxes.astype(np.float32),
       pids=np.array([p.pid for p in kept], np.int32),
-      visible=np.array(visible, np.float32), entities=entities)
+      visible=np.array(visible, np.float32),
+      keypoints=np.array([p.keypoints for p in kept],
+                         np.float32).reshape(-1, len(figures.KEYPOINTS), 2),
+      entities=entities)

@@ -171,7 +171,9 @@ def generate_scene(cfg: config.SyntheticConfig, split: str, index: int
   Returns:
     A dict: `image` uint8[H, W, 3]; `image_id` str; `camera` int;
     `boxes_xyxy` f32[N, 4] absolute pixels; `pids` i32[N] (-1 unlabeled);
-    `visible` f32[N] approximate unoccluded fraction of each box.
+    `visible` f32[N] approximate unoccluded fraction of each box;
+    `keypoints` f32[N, 4, 2] (x, y) image pixels of each person's head top,
+    neck, left hip and right hip (`figures.person_keypoints`), not clipped.
   """
   layout = layout_lib.scene_layout(cfg, split, index)
   return {
@@ -181,6 +183,7 @@ def generate_scene(cfg: config.SyntheticConfig, split: str, index: int
       "boxes_xyxy": layout.boxes_xyxy,
       "pids": layout.pids,
       "visible": layout.visible,
+      "keypoints": layout.keypoints,
   }
 
 
