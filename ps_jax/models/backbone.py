@@ -110,12 +110,18 @@ class FrozenBatchNorm(nn.Module):
     return x.astype(dtype) * mult.astype(dtype) + shift.astype(dtype)
 
 
-def _norm_layer(norm: str, dtype: Dtype, name: str, zero_scale: bool = False
-                ) -> nn.Module:
+def _norm_layer(norm: str, dtype: Dtype, name: str, zero_scale: bool = False,
+                epsilon: float = 1e-5) -> nn.Module:
+  """'frozen' -> FrozenBatchNorm, 'group' -> trainable GroupNorm.
+
+  `epsilon` is added to the variance by either (1e-5, torch's BatchNorm2d
+  default, for the ResNets; GoogLeNet's BN uses 1e-3).
+  """
   if norm == "frozen":
-    return FrozenBatchNorm(dtype=dtype, name=name)
+    return FrozenBatchNorm(epsilon=epsilon, dtype=dtype, name=name)
   if norm == "group":
-    return _GroupNorm(dtype=dtype, zero_scale=zero_scale, name=name)
+    return _GroupNorm(dtype=dtype, zero_scale=zero_scale, epsilon=epsilon,
+                      name=name)
   raise ValueError(f"norm: expected 'frozen' or 'group', got {norm!r}.")
 
 
@@ -123,12 +129,14 @@ class _GroupNorm(nn.Module):
   """GroupNorm with gcd(32, C) groups (trainable; for training from scratch)."""
   dtype: Dtype | None = None
   zero_scale: bool = False
+  epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     scale_init = (nn.initializers.zeros if self.zero_scale
                   else nn.initializers.ones)
-    return nn.GroupNorm(num_groups=group_count(x.shape[-1]), epsilon=1e-5,
+    return nn.GroupNorm(num_groups=group_count(x.shape[-1]),
+                        epsilon=self.epsilon,
                         dtype=self.dtype, param_dtype=jnp.float32,
                         scale_init=scale_init, name="gn")(x)
 
