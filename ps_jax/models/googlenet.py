@@ -74,6 +74,7 @@ from ps_jax.models.backbone import FROZEN_BN
 # pylint: disable-next=protected-access
 from ps_jax.models.backbone import _norm_layer
 from ps_jax.models.backbone import conv_kernel_init
+from ps_jax.models import weights
 
 Array = jax.Array
 Dtype = Any
@@ -320,17 +321,6 @@ _LEAF = {("params", "conv", "kernel"): "weight",
          ("params", "fc", "bias"): "bias"}
 
 
-def _leaves(tree: Any, prefix: tuple[str, ...] = ()
-            ) -> dict[tuple[str, ...], Any]:
-  """{path: leaf} of nested mappings."""
-  if isinstance(tree, Mapping):
-    out = {}
-    for k, v in tree.items():
-      out.update(_leaves(v, prefix + (str(k),)))
-    return out
-  return {prefix: tree}
-
-
 def _torch_key(collection: str, path: tuple[str, ...]) -> str | None:
   """Our (collection, module path + leaf) -> torchvision key, or None."""
   if len(path) < 2:
@@ -375,14 +365,6 @@ def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
   if len(shape) == 4:
     return (shape[3], shape[2], shape[0], shape[1])
   return tuple(reversed(shape))
-
-
-def _as_like(value: np.ndarray, like: Any) -> Array:
-  """`value` with the dtype (and, for jax arrays, the sharding) of `like`."""
-  value = np.asarray(value, np.float32).astype(like.dtype)
-  if isinstance(like, jax.Array):
-    return jax.device_put(value, like.sharding)
-  return jnp.asarray(value)
 
 
 def _rebuild(node: Any, path: tuple[str, ...],
@@ -435,7 +417,7 @@ def torchvision_googlenet_to_variables(
         raise ValueError(f"{where}: prefix {'/'.join(prefix[:i + 1])!r} not "
                          f"in variables[{collection!r}].")
       node = node[p]
-    for path, leaf in _leaves(node).items():
+    for path, leaf in weights.leaves(node).items():
       key = _torch_key(collection, path)
       full = (collection,) + prefix + path
       if key is None:
@@ -463,7 +445,7 @@ def torchvision_googlenet_to_variables(
       shapes.append(f"{key}: {tuple(value.shape)} in the file, the model "
                     f"needs {_torch_shape(want)} (torch layout)")
       continue
-    new[path] = _as_like(_to_model_layout(value, value.ndim), like)
+    new[path] = weights.as_like(_to_model_layout(value, value.ndim), like)
   missing = sorted(k for k in targets if k not in sd)
 
   errors = []

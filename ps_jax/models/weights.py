@@ -372,12 +372,13 @@ def detect_format(state_dict: Mapping[str, np.ndarray]) -> str:
 # --------------------------------------------------------------------------
 
 
-def _leaves(tree: Any, prefix: tuple[str, ...] = ()
-            ) -> dict[tuple[str, ...], Any]:
+def leaves(tree: Any, prefix: tuple[str, ...] = ()
+           ) -> dict[tuple[str, ...], Any]:
+  """{path: leaf} of nested mappings."""
   if isinstance(tree, Mapping):
     out = {}
     for k, v in tree.items():
-      out.update(_leaves(v, prefix + (str(k),)))
+      out.update(leaves(v, prefix + (str(k),)))
     return out
   return {prefix: tree}
 
@@ -418,18 +419,18 @@ def _infer_depth(params: Mapping[str, Any]) -> int:
       "check `prefix`.")
 
 
-def _set(tree: Mapping[str, Any], path: tuple[str, ...], value: Any
+def set_path(tree: Mapping[str, Any], path: tuple[str, ...], value: Any
          ) -> dict[str, Any]:
   """Copy of `tree` with `path` set, copying only the dicts on the path."""
   out = dict(tree)
   if len(path) == 1:
     out[path[0]] = value
   else:
-    out[path[0]] = _set(tree[path[0]], path[1:], value)
+    out[path[0]] = set_path(tree[path[0]], path[1:], value)
   return out
 
 
-def _as_like(value: np.ndarray, like: Any) -> Any:
+def as_like(value: np.ndarray, like: Any) -> Any:
   """`value` with the dtype (and, for jax arrays, the sharding) of `like`."""
   value = value.astype(like.dtype)
   if isinstance(like, jax.Array):
@@ -480,8 +481,8 @@ def import_backbone(variables: Mapping[str, Any],
   _, flat = _convert(state_dict, depth, with_classifier="fc" in params_sub,
                      allow_missing_stats=format == "caffe")
 
-  targets = {("params",) + p: v for p, v in _leaves(params_sub).items()}
-  targets.update({(FROZEN_BN,) + p: v for p, v in _leaves(stats_sub).items()})
+  targets = {("params",) + p: v for p, v in leaves(params_sub).items()}
+  targets.update({(FROZEN_BN,) + p: v for p, v in leaves(stats_sub).items()})
   unknown = [f"{fk} -> {'/'.join(p)}" for p, (fk, _) in flat.items()
              if p not in targets]
   kept = sorted("/".join(p) for p in targets
@@ -516,8 +517,8 @@ def import_backbone(variables: Mapping[str, Any],
 
   new = dict(variables)
   for (collection, *p), (_, value) in flat.items():
-    new[collection] = _set(new[collection], prefix + tuple(p),
-                           _as_like(value, targets[(collection, *p)]))
+    new[collection] = set_path(new[collection], prefix + tuple(p),
+                           as_like(value, targets[(collection, *p)]))
   if kept:
     logging.info("weights: %d DCN offset variables not in the file keep "
                  "their init: %s", len(kept), kept)

@@ -104,6 +104,7 @@ from ps_jax import pretrained
 from ps_jax.models.backbone import FROZEN_BN
 from ps_jax.models.backbone import _norm_layer
 from ps_jax.models.backbone import conv_kernel_init
+from ps_jax.models import weights
 
 Array = jax.Array
 Dtype = Any
@@ -140,14 +141,80 @@ def stage_channels(width_multiplier: float = 1.0, groups: int = 32
 
 
 def _conv(features: int, kernel: int, stride: int, dtype: Dtype, name: str, *,
-          use_bias: bool = False, groups: int = 1) -> nn.Conv:
+          use_bias: bool = False) -> nn.Conv:
   """torch-style conv: explicit symmetric padding kernel // 2."""
   p = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((p, p), (p, p)), use_bias=use_bias,
-                 feature_group_count=groups, dtype=dtype,
+                 padding=((p, p), (p, p)), use_bias=use_bias, dtype=dtype,
                  param_dtype=jnp.float32, kernel_init=conv_kernel_init,
                  name=name)
+
+
+GROUPED_CONV_IMPLS = ("auto", "native", "dense")
+
+
+def block_diagonal_kernel(kernel: Array, groups: int) -> Array:
+  """A grouped conv kernel as the equivalent dense one.
+
+  Args:
+    kernel: f32[kh, kw, C_in / groups, C_out], the layout of
+      `lax.conv_general_dilated(..., feature_group_count=groups)`.
+    groups: G; C_out must divide by G.
+  Returns:
+    f32[kh, kw, C_in, C_out] that is zero except on the G diagonal blocks
+    [g * C_in/G:(g+1) * C_in/G, g * C_out/G:(g+1) * C_out/G] = kernel's
+    block g; a dense conv with it equals the grouped conv with `kernel`.
+  """
+  kh, kw, cin_g, cout = kernel.shape
+  if cout % groups:
+    raise ValueError(f"block_diagonal_kernel: C_out={cout} must divide by "
+                     f"groups={groups}.")
+  k = kernel.reshape(kh, kw, cin_g, groups, cout // groups)
+  full = jnp.einsum("hwigo,fg->hwfigo", k, jnp.eye(groups, dtype=k.dtype))
+  return full.reshape(kh, kw, groups * cin_g, cout)
+
+
+class GroupedConv(nn.Module):
+  """A 3x3-style grouped conv (torch padding kernel // 2, no bias) whose
+  kernel has nn.Conv's grouped layout [kh, kw, C_in / groups, C_out], so
+  parameter counts and the torchreid importer do not depend on `impl`.
+
+  impl: 'native' runs XLA's grouped convolution; 'dense' runs one dense
+  conv with `block_diagonal_kernel` (groups times the multiply-adds, but on
+  XLA:CPU the gradient of a grouped conv is 15-60x slower than the dense one
+  (docs/benchmarks.md), so dense wins there); 'auto' picks dense on the CPU
+  backend and native elsewhere. Both compute the same function.
+  """
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  groups: int = 1
+  impl: str = "auto"
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.impl not in GROUPED_CONV_IMPLS:
+      raise ValueError(f"grouped_conv: expected one of {GROUPED_CONV_IMPLS}, "
+                       f"got {self.impl!r}.")
+    cin, k, g = x.shape[-1], self.kernel_size, self.groups
+    if cin % g or self.features % g:
+      raise ValueError(f"GroupedConv: channels {cin} -> {self.features} must "
+                       f"divide by groups={g}.")
+    kernel = self.param("kernel", conv_kernel_init, (k, k, cin // g,
+                                                     self.features),
+                        jnp.float32)
+    impl = self.impl
+    if impl == "auto":
+      impl = "dense" if jax.default_backend() == "cpu" else "native"
+    if impl == "dense" and g > 1:
+      kernel, g = block_diagonal_kernel(kernel, g), 1
+    dt = self.dtype or x.dtype
+    p = k // 2
+    return jax.lax.conv_general_dilated(
+        x.astype(dt), kernel.astype(dt), (self.strides, self.strides),
+        ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=g)
 
 
 class _PointNorm(nn.Module):
@@ -204,6 +271,7 @@ class MLFNBlock(nn.Module):
     groups: conv groups = number of factors gated.
     norm: 'frozen' or 'group'.
     dtype: compute dtype.
+    grouped_conv: how the grouped 3x3 conv runs (`GroupedConv.impl`).
   """
   features: int
   strides: int = 1
@@ -211,6 +279,7 @@ class MLFNBlock(nn.Module):
   groups: int = 32
   norm: str = "frozen"
   dtype: Dtype | None = None
+  grouped_conv: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
@@ -226,7 +295,8 @@ class MLFNBlock(nn.Module):
                         name="fsm")(x)
     y = _conv(mid, 1, 1, self.dtype, "fm_conv1")(x)
     y = nn.relu(_norm(self.norm, self.dtype, "fm_bn1")(y))
-    y = _conv(mid, 3, self.strides, self.dtype, "fm_conv2", groups=g)(y)
+    y = GroupedConv(mid, 3, self.strides, g, self.grouped_conv, self.dtype,
+                    name="fm_conv2")(y)
     y = nn.relu(_norm(self.norm, self.dtype, "fm_bn2")(y))
     b, h, w, _ = y.shape
     y = (y.reshape(b, h, w, g, mid // g)
@@ -251,12 +321,16 @@ class MLFN(nn.Module):
     norm: 'frozen' (FrozenBatchNorm; imported weights) or 'group'
       (trainable GroupNorm; layer norm on the 1x1 maps; from scratch).
     dtype: compute dtype; parameters stay float32, outputs are float32.
+    grouped_conv: 'auto' (dense block-diagonal kernels on CPU, XLA's grouped
+      conv elsewhere), 'native' or 'dense' (`GroupedConv`); the same
+      function and parameters either way.
   """
   num_classes: int = 0
   groups: int = 32
   width_multiplier: float = 1.0
   norm: str = "frozen"
   dtype: Dtype | None = None
+  grouped_conv: str = "auto"
 
   @property
   def descriptor_dim(self) -> int:
@@ -302,7 +376,7 @@ class MLFN(nn.Module):
       fsm = tuple(_scaled(c, w) for c in fsm)
       for b in range(n):
         x, s = MLFNBlock(out, 2 if (b == 0 and stage > 0) else 1, fsm,
-                         self.groups, self.norm, dt,
+                         self.groups, self.norm, dt, self.grouped_conv,
                          name=f"feature_{i}")(x)
         gates.append(s)
         i += 1
@@ -375,16 +449,6 @@ def _torch_key(path: tuple[str, ...]) -> str | None:
   return f"{_TOP_MODULES[mods[0]]}.{tail}"
 
 
-def _leaves(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...],
-                                                             Any]:
-  if isinstance(tree, Mapping):
-    out = {}
-    for k, v in tree.items():
-      out.update(_leaves(v, prefix + (str(k),)))
-    return out
-  return {prefix: tree}
-
-
 def _to_ours(value: np.ndarray, path: tuple[str, ...]) -> np.ndarray | None:
   """torch layout -> ours (None if the rank is wrong for the target)."""
   value = np.asarray(value, np.float32)
@@ -394,23 +458,6 @@ def _to_ours(value: np.ndarray, path: tuple[str, ...]) -> np.ndarray | None:
     return value.T if value.ndim == 2 else None
   # OIHW (grouped: [O, I / groups, kh, kw]) -> HWIO ([kh, kw, I / groups, O]).
   return value.transpose(2, 3, 1, 0) if value.ndim == 4 else None
-
-
-def _set(tree: Mapping[str, Any], path: tuple[str, ...], value: Any
-         ) -> dict[str, Any]:
-  """Copy of `tree` with `path` set, copying only the dicts on the path."""
-  out = dict(tree)
-  out[path[0]] = (value if len(path) == 1
-                  else _set(tree[path[0]], path[1:], value))
-  return out
-
-
-def _as_like(value: np.ndarray, like: Any) -> Any:
-  """`value` with the dtype (and, for jax arrays, the sharding) of `like`."""
-  value = value.astype(like.dtype)
-  if isinstance(like, jax.Array):
-    return jax.device_put(value, like.sharding)
-  return jnp.asarray(value)
 
 
 def torchreid_mlfn_to_variables(state_dict: Mapping[str, np.ndarray],
@@ -442,7 +489,7 @@ def torchreid_mlfn_to_variables(state_dict: Mapping[str, np.ndarray],
         f"{sorted(variables)}; importing needs MLFN(norm='frozen').")
   targets = {}
   for collection in ("params", FROZEN_BN):
-    for p, v in _leaves(variables[collection]).items():
+    for p, v in weights.leaves(variables[collection]).items():
       targets[(collection,) + p] = v
   key_of = {p: _torch_key(p) for p in targets}
   strange = sorted("/".join(p) for p, k in key_of.items() if k is None)
@@ -501,8 +548,9 @@ def torchreid_mlfn_to_variables(state_dict: Mapping[str, np.ndarray],
                  skipped or "not in the file")
   new = {k: v for k, v in variables.items()}
   for (collection, *p), value in converted.items():
-    new[collection] = _set(new[collection], tuple(p),
-                           _as_like(value, targets[(collection, *p)]))
+    new[collection] = weights.set_path(
+        new[collection], tuple(p),
+        weights.as_like(value, targets[(collection, *p)]))
   logging.info("torchreid MLFN import: %d arrays imported.", len(converted))
   return new
 

@@ -1,0 +1,1 @@
+"""Crop re-identification networks: IDE, MLFN and GLAD (docs/reid.md)."""
