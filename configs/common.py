@@ -4,12 +4,16 @@ Each experiment file (`configs/<name>.py`) calls these and shows its whole
 recipe, so two experiments differ by a readable diff. `ps_jax.experiment`
 turns a config into typed objects once, at the entry point; a section's keys
 are the fields of the object it becomes:
-  c.system  -> the system's name in ps_jax.systems.build ('alignps', 'oim')
-  c.model   -> ps_jax.models.AlignPS(**c.model) (OIM: ps_jax.models.oim.OIMNet)
+  c.system  -> the system's name in ps_jax.systems.build ('alignps', 'oim',
+               'ide', 'mlfn', 'glad')
+  c.model   -> ps_jax.models.AlignPS(**c.model) (OIM: ps_jax.models.oim.OIMNet;
+               crop re-ID: ps_jax.models.reid.{ide.IDE,mlfn.MLFN,glad.GLAD})
   c.loss    -> ps_jax.systems.alignps.AlignPSLoss(**c.loss) (OIM:
-               ps_jax.systems.oim.OIMLoss)
+               ps_jax.systems.oim.OIMLoss; crop re-ID:
+               ps_jax.systems.reid.ReIDLoss)
   c.optim   -> ps_jax.train.optim.OptimOptions(**c.optim)
-  c.data    -> ps_jax.data.pipeline.PipelineConfig(**c.data)
+  c.data    -> ps_jax.data.pipeline.PipelineConfig(**c.data) (crop re-ID:
+               ps_jax.data.crops.CropPipelineConfig)
   c.dataset -> ps_jax.experiment.DatasetOptions(**c.dataset)
   c.run     -> ps_jax.experiment.RunOptions(**c.run)
   c.eval    -> ps_jax.eval.protocols.EvalOptions (det_thresh,
@@ -206,3 +210,52 @@ def evaluation(*, det_thresh: float, query_mode: str = "best_iou",
       score_threshold=score_threshold, nms_iou=nms_iou,
       pre_nms_top_k=pre_nms_top_k, gallery_sizes=tuple(gallery_sizes),
       **options))
+
+
+# --------------------------------------------------------- crop re-ID nets
+
+
+def reid_data(image_hw=(256, 128), *, batch_size: int,
+              normalization: str = "imagenet_rgb", flip_prob: float = 0.5,
+              random_crop: bool = True, random_erasing_prob: float = 0.0,
+              sampler: str = "random", num_instances: int = 4,
+              num_workers: int = 0, eval_batch_size: int | None = None
+              ) -> ml_collections.ConfigDict:
+  """The crop pipeline (`ps_jax.data.crops.CropPipelineConfig`): every crop
+  resized to `image_hw` (H, W), torchreid's flip and random translation,
+  optional random erasing, `sampler="identity"` for P x K batches of
+  `num_instances` crops per identity (batch-hard triplet)."""
+  return ml_collections.ConfigDict(dict(
+      image_hw=tuple(image_hw), batch_size=batch_size,
+      eval_batch_size=eval_batch_size or batch_size,
+      normalization=normalization, flip_prob=flip_prob,
+      random_crop=random_crop, random_erasing_prob=random_erasing_prob,
+      sampler=sampler, num_instances=num_instances, num_workers=num_workers))
+
+
+def reid_loss(*, label_smoothing: float = 0.0, w_triplet: float = 0.0,
+              triplet_margin: float = 0.3) -> ml_collections.ConfigDict:
+  """Identity softmax (+ optional batch-hard triplet) of the crop re-ID
+  nets (`ps_jax.systems.reid.ReIDLoss`)."""
+  return ml_collections.ConfigDict(dict(
+      label_smoothing=label_smoothing, w_id=1.0, w_triplet=w_triplet,
+      triplet_margin=triplet_margin))
+
+
+def adam(lr: float, *, weight_decay: float, warmup_steps: int, decay_steps,
+         amsgrad: bool = False, warmup_ratio: float = 0.1,
+         clip_norm: float | None = None) -> ml_collections.ConfigDict:
+  """torch.optim.Adam (coupled L2 weight decay; `amsgrad`) with step decay,
+  as torchreid trains re-ID nets (`ps_jax.train.optim`)."""
+  return ml_collections.ConfigDict(dict(
+      optimizer="amsgrad" if amsgrad else "adam", lr=lr, momentum=0.9,
+      b2=0.999, eps=1e-8, weight_decay=weight_decay, bias_lr_mult=1.0,
+      warmup_steps=warmup_steps, warmup_ratio=warmup_ratio,
+      decay_steps=tuple(decay_steps), decay_factor=0.1, clip_norm=clip_norm,
+      norm_weight_decay=True))
+
+
+def reid_evaluation() -> ml_collections.ConfigDict:
+  """Crop re-ID evaluation: the Market-1501 protocol, cosine and Euclidean
+  rankings (`ps_jax.eval.crop_reid`); no options to set."""
+  return ml_collections.ConfigDict()

@@ -11,7 +11,8 @@ the evaluator and the systems take the built system and typed options.
     loss, eval's
     predict keys
   dataset          DatasetOptions + the TFDS builder      data_builders.build
-  data             ps_jax.data.pipeline.PipelineConfig
+  data             ps_jax.data.pipeline.PipelineConfig, or
+                   ps_jax.data.crops.CropPipelineConfig (crop re-ID)
   optim            ps_jax.train.optim.OptimOptions
   run              RunOptions
   eval             ps_jax.eval.protocols.EvalOptions
@@ -38,6 +39,7 @@ from typing import Any
 from ps_jax import checks
 from ps_jax import checkpoint
 from ps_jax import systems
+from ps_jax.data import crops
 from ps_jax.data import pipeline
 from ps_jax.eval import protocols
 from ps_jax.systems import base
@@ -168,7 +170,7 @@ class Experiment:
   system: Any
   builder: Any
   dataset: DatasetOptions
-  data: pipeline.PipelineConfig
+  data: Any  # pipeline.PipelineConfig or crops.CropPipelineConfig
   optim: optim.OptimOptions
   run: RunOptions
   eval: protocols.EvalOptions
@@ -178,6 +180,19 @@ class Experiment:
   @property
   def num_ids(self) -> int:
     return num_train_ids(self.builder)
+
+  @property
+  def init_hw(self) -> tuple[int, int]:
+    """(H, W) of the example batch the system is initialised with."""
+    return example_hw(self.data)
+
+
+def example_hw(data: Any) -> tuple[int, int]:
+  """(H, W) of the images a system is initialised with: the first training
+  bucket of the scene pipeline, the crop size of the crop pipeline."""
+  if isinstance(data, crops.CropPipelineConfig):
+    return tuple(data.image_hw)
+  return tuple(data.train_scales[0])
 
 
 def num_train_ids(builder: Any) -> int:
@@ -238,7 +253,7 @@ def from_config(config: Any, *, builder: Any | None = None,
   try:
     dataset = _typed_section("dataset", DatasetOptions,
                              _section(plain, "dataset"))
-    data = pipeline.PipelineConfig.from_config(_section(plain, "data"))
+    data = data_options(plain)
     optim_opts = optim_options(plain)
     run = _typed_section("run", RunOptions, _section(plain, "run"))
     eval_opts = eval_options(plain)
@@ -265,6 +280,26 @@ def from_config(config: Any, *, builder: Any | None = None,
       system_name=name, system=system, builder=builder, dataset=dataset,
       data=data, optim=optim_opts, run=run, eval=eval_opts,
       init_from=init_from, config=plain)
+
+
+def is_crop_reid(config: Any) -> bool:
+  """Whether a config's system embeds person crops (IDE, MLFN, GLAD)."""
+  return plain_config(config).get("system",
+                                  DEFAULT_SYSTEM) in systems.CROP_REID
+
+
+def data_options(config: Any) -> Any:
+  """The input pipeline settings of a config's `data` section: the scene
+  pipeline's `PipelineConfig`, or `crops.CropPipelineConfig` for a crop
+  re-ID system.
+
+  Raises:
+    ValueError: an unknown key or a value out of range (named).
+  """
+  section = _section(plain_config(config), "data")
+  if is_crop_reid(config):
+    return crops.CropPipelineConfig.from_config(section)
+  return pipeline.PipelineConfig.from_config(section)
 
 
 def _check_devices(batch_size: int) -> None:

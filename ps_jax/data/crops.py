@@ -220,33 +220,15 @@ class CropPipelineConfig:
     Raises ValueError on a key that is not a field, so that a misspelt
     setting fails instead of being ignored.
     """
-    if isinstance(cfg, CropPipelineConfig):
-      values = dataclasses.asdict(cfg)
-    else:
-      values = dict(cfg.items())
-    values.update(overrides)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-      raise ValueError(f"unknown crop input pipeline setting(s) {unknown}; "
-                       f"known: {sorted(names)}")
-    return cls(**values)
+    return pipeline.options_from(cls, cfg, overrides, "crop input pipeline")
 
   @property
   def per_process_eval_batch_size(self) -> int:
     return self.eval_batch_size or self.batch_size
 
 
-def _require(ok: bool, name: str, value: Any, expected: str) -> None:
-  checks.require(ok, f"data.{name}", value, expected)
-
-
-def _require_int(name: str, value: Any, low: int | None) -> None:
-  ok = checks.is_integer(value)
-  if low is None:
-    _require(ok, name, value, "an integer")
-  else:
-    _require(ok and value >= low, name, value, f"an integer >= {low}")
+_require = pipeline.require
+_require_int = pipeline.require_int
 
 
 # Example ops. The working example is a dict with `image` (uint8[h, w, 3],

@@ -156,24 +156,24 @@ class PipelineConfig:
                        _hw_pair(self.test_scale, "data.test_scale"))
     for name in ("batch_size", "max_boxes", "size_divisor", "num_threads",
                  "prefetch"):
-      _require_int(name, getattr(self, name), 1)
+      require_int(name, getattr(self, name), 1)
     for name in ("eval_batch_size", "num_workers"):
-      _require_int(name, getattr(self, name), 0)
-    _require_int("shuffle_seed", self.shuffle_seed, None)
-    _require(_is_number(self.flip_prob) and 0.0 <= self.flip_prob <= 1.0,
+      require_int(name, getattr(self, name), 0)
+    require_int("shuffle_seed", self.shuffle_seed, None)
+    require(_is_number(self.flip_prob) and 0.0 <= self.flip_prob <= 1.0,
              "flip_prob", self.flip_prob, "a number in [0, 1]")
-    _require(_is_number(self.min_box_size) and self.min_box_size >= 0,
+    require(_is_number(self.min_box_size) and self.min_box_size >= 0,
              "min_box_size", self.min_box_size, "a number >= 0")
-    _require(self.normalization in augment.NORMALIZATIONS, "normalization",
+    require(self.normalization in augment.NORMALIZATIONS, "normalization",
              self.normalization, f"one of {augment.NORMALIZATIONS}")
-    _require(isinstance(self.resize_antialias, bool), "resize_antialias",
+    require(isinstance(self.resize_antialias, bool), "resize_antialias",
              self.resize_antialias, "True or False")
-    _require(isinstance(self.portrait_buckets, bool), "portrait_buckets",
+    require(isinstance(self.portrait_buckets, bool), "portrait_buckets",
              self.portrait_buckets, "True or False")
     if self.portrait_buckets:
       for name, buckets in (("train_scales", self.train_scales),
                             ("test_scale", (self.test_scale,))):
-        _require(all(h <= w for h, w in buckets), name, buckets,
+        require(all(h <= w for h, w in buckets), name, buckets,
                  "buckets no taller than wide (H <= W) with "
                  "portrait_buckets=True")
 
@@ -185,36 +185,51 @@ class PipelineConfig:
     Raises ValueError on a key that is not a field, so that a misspelt
     setting fails instead of being ignored.
     """
-    if isinstance(cfg, PipelineConfig):
-      values = dataclasses.asdict(cfg)
-    else:
-      values = dict(cfg.items())
-    values.update(overrides)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-      raise ValueError(f"unknown input pipeline setting(s) {unknown}; "
-                       f"known: {sorted(names)}")
-    return cls(**values)
+    return options_from(cls, cfg, overrides, "input pipeline")
 
   @property
   def per_process_eval_batch_size(self) -> int:
     return self.eval_batch_size or self.batch_size
 
 
-def _require(ok: bool, name: str, value: Any, expected: str) -> None:
+def options_from(cls: type, cfg: Any, overrides: Mapping[str, Any],
+                 what: str) -> Any:
+  """A `cls` dataclass from an instance of it or a mapping / ConfigDict of
+  its fields, `overrides` replacing fields.
+
+  Raises:
+    ValueError: a key that is not a field (a misspelt setting fails instead
+      of being ignored), naming `what` and the known fields.
+  """
+  if isinstance(cfg, cls):
+    values = dataclasses.asdict(cfg)
+  else:
+    values = dict(cfg.items())
+  values.update(overrides)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise ValueError(f"unknown {what} setting(s) {unknown}; "
+                     f"known: {sorted(names)}")
+  return cls(**values)
+
+
+def require(ok: bool, name: str, value: Any, expected: str) -> None:
+  """ValueError naming `data.<name>` unless `ok`."""
   checks.require(ok, f"data.{name}", value, expected)
+
 
 
 _is_number = checks.is_number
 
 
-def _require_int(name: str, value: Any, low: int | None) -> None:
+def require_int(name: str, value: Any, low: int | None) -> None:
+  """ValueError naming `data.<name>` unless `value` is an integer >= low."""
   ok = checks.is_integer(value)
   if low is None:
-    _require(ok, name, value, "an integer")
+    require(ok, name, value, "an integer")
   else:
-    _require(ok and value >= low, name, value, f"an integer >= {low}")
+    require(ok and value >= low, name, value, f"an integer >= {low}")
 
 
 def _hw_pair(value: Any, name: str) -> tuple[int, int]:

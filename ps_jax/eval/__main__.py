@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   mesh = mesh_lib.make_mesh()
   if args.untrained:
     variables, _ = systems.initialize(exp.system, exp.run.seed,
-                                      exp.data.train_scales[0])
+                                      exp.init_hw)
     return run_lib.evaluate(
         exp.system, variables, mesh=mesh, label="untrained",
         output=args.output or workdir / "eval_results_untrained.json",

@@ -126,7 +126,7 @@ def progress_bar(total: int, desc: str):
               disable=None if jax.process_index() == 0 else True)
 
 
-def _fetch(out: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+def fetch(out: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
   """Global step outputs -> numpy on this host (all processes' rows)."""
   if jax.process_count() > 1:
     return multihost_utils.process_allgather(dict(out), tiled=True)
@@ -177,7 +177,7 @@ class _Collector:
     return {**rec, **det}
 
 
-def _global_eval_batch(data_cfg: pipeline.PipelineConfig) -> int:
+def global_eval_batch(data_cfg: pipeline.PipelineConfig) -> int:
   """The global eval batch, rounded up to a multiple of the device count
   (padding examples fill it)."""
   bs = int(data_cfg.eval_batch_size or data_cfg.batch_size)
@@ -218,7 +218,7 @@ def predict_split(predict_step, variables: Any, source: Sequence[Mapping],
       raise ValueError(f"{desc}: query_boxes has shape {qboxes.shape}, "
                        f"expected ({num}, 4) (one xyxy box per record)")
   nproc = jax.process_count()
-  global_bs = _global_eval_batch(data_cfg)
+  global_bs = global_eval_batch(data_cfg)
   ids = np.full((num,), "", dtype=object)
   collector = _Collector()
   bar = progress_bar(num, desc)
@@ -237,10 +237,10 @@ def predict_split(predict_step, variables: Any, source: Sequence[Mapping],
     q = mesh_lib.host_to_global({"q": q}, mesh)["q"]
     out = predict_step(variables, batch, q)
     if pending is not None:
-      bar.update(collector.add(_fetch(pending)))
+      bar.update(collector.add(fetch(pending)))
     pending = out
   if pending is not None:
-    bar.update(collector.add(_fetch(pending)))
+    bar.update(collector.add(fetch(pending)))
   bar.close()
   cat = collector.finish(num, desc)
   logging.info("%s: %d images in %.1f s", desc, num, time.time() - t0)
@@ -393,21 +393,33 @@ class Predictor:
         (x1 >= x2 or y1 >= y2, e.g. wholly outside the image).
     """
     batch = self._batch(image)
+    clipped = self.checked_box(image, box_xyxy)
+    return np.asarray(self._run(batch, clipped)["query_embedding"][0])
+
+  @classmethod
+  def checked_box(cls, image: np.ndarray, box_xyxy: Sequence[float]
+                  ) -> np.ndarray:
+    """`box_xyxy` clipped to the image (a warning shows both boxes if it
+    reached outside).
+
+    Raises:
+      ValueError: the box is not 4 finite numbers, or is empty once clipped.
+    """
     h, w = np.shape(image)[:2]
     box = np.asarray(box_xyxy, np.float64).reshape(4)
     if not np.all(np.isfinite(box)):
-      raise ValueError(f"query box {self._format_box(box)} is not finite")
+      raise ValueError(f"query box {cls._format_box(box)} is not finite")
     clipped = np.clip(box, 0.0, [w, h, w, h])
     if not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
       raise ValueError(
-          f"query box {self._format_box(box)} is empty inside the {w}x{h} "
-          f"image (clipped to it: {self._format_box(clipped)}); expected "
+          f"query box {cls._format_box(box)} is empty inside the {w}x{h} "
+          f"image (clipped to it: {cls._format_box(clipped)}); expected "
           "x1 < x2 and y1 < y2 in pixels")
     if np.any(clipped != box):
       logging.warning("query box %s reaches outside the %dx%d image; "
-                      "clipped to %s", self._format_box(box), w, h,
-                      self._format_box(clipped))
-    return np.asarray(self._run(batch, clipped)["query_embedding"][0])
+                      "clipped to %s", cls._format_box(box), w, h,
+                      cls._format_box(clipped))
+    return clipped
 
   @staticmethod
   def _format_box(box: np.ndarray) -> str:

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+from absl import logging
 
 
-def _interval(ci: Any) -> str:
+def interval(ci: Any) -> str:
   """'[28.1, 38.9]' in percent, or '' without an interval."""
   if not ci:
     return ""
@@ -19,7 +20,10 @@ def _interval(ci: Any) -> str:
 
 def format_table(results: Mapping[str, Any]) -> str:
   """A plain-text table of `evaluate` results (percentages), with the 95 %
-  bootstrap intervals of mAP and top-1 where the results have them."""
+  bootstrap intervals of mAP and top-1 where the results have them; crop
+  re-ID results (`reid/...` rows) get `format_reid_table`."""
+  if any(k.startswith("reid/") for k in results):
+    return format_reid_table(results)
   title = " ".join(f"{k}={results[k]}" for k in ("dataset", "model")
                    if k in results)
   lines = [title] if title else []
@@ -31,9 +35,9 @@ def format_table(results: Mapping[str, Any]) -> str:
       if name == "full_set" and results.get("full_set_base", 50) != 50:
         name = f"full_set(+{results['full_set_base']})"
       lines.append(f"{name:<22}{100 * v['mAP']:>8.2f}"
-                   f"{_interval(v.get('mAP_ci95')):>15}"
+                   f"{interval(v.get('mAP_ci95')):>15}"
                    f"{100 * v['top1']:>8.2f}"
-                   f"{_interval(v.get('top1_ci95')):>15}"
+                   f"{interval(v.get('top1_ci95')):>15}"
                    f"{100 * v['top5']:>8.2f}{100 * v['top10']:>8.2f}")
   det = [(k[10:], v) for k, v in results.items()
          if k.startswith("detection/")]
@@ -48,6 +52,29 @@ def format_table(results: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def format_reid_table(results: Mapping[str, Any]) -> str:
+  """A plain-text table of crop re-ID results (percentages, 95 % CIs)."""
+  title = " ".join(f"{k}={results[k]}" for k in ("dataset", "model")
+                   if k in results)
+  lines = [title] if title else []
+  lines.append(f"{'re-ID (Market-1501)':<22}{'mAP':>8}{'(95% CI)':>15}"
+               f"{'rank-1':>8}{'(95% CI)':>15}{'rank-5':>8}{'rank-10':>8}")
+  for key, v in results.items():
+    if key.startswith("reid/"):
+      lines.append(f"{key[5:]:<22}{100 * v['mAP']:>8.2f}"
+                   f"{interval(v.get('mAP_ci95')):>15}"
+                   f"{100 * v['rank1']:>8.2f}"
+                   f"{interval(v.get('rank1_ci95')):>15}"
+                   f"{100 * v['rank5']:>8.2f}{100 * v['rank10']:>8.2f}")
+  some = next((v for k, v in results.items() if k.startswith("reid/")), {})
+  lines.append(f"{results.get('num_queries')} queries "
+               f"({some.get('num_valid_queries')} with a match in another "
+               f"camera), {results.get('num_gallery')} gallery crops")
+  if results.get("parts"):
+    lines.append(f"GLAD parts: {results['parts']}")
+  return "\n".join(lines)
+
+
 def write_results(results: Mapping[str, Any], path: str | pathlib.Path
                   ) -> None:
   """Write `results` as JSON (process 0 only; other processes skip)."""
@@ -56,3 +83,14 @@ def write_results(results: Mapping[str, Any], path: str | pathlib.Path
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(results, indent=2))
+
+
+def finish(results: dict[str, Any], workdir: str | pathlib.Path,
+           output: str | pathlib.Path | None, name: str) -> dict[str, Any]:
+  """Writes `results` to `output`, else `<workdir>/<name>`, records the path
+  in `results["output"]`, logs the table, and returns `results`."""
+  out = pathlib.Path(output) if output else pathlib.Path(workdir) / name
+  results["output"] = str(out)
+  write_results(results, out)
+  logging.info("Evaluation (%s):\n%s", results["model"], format_table(results))
+  return results

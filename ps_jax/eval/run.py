@@ -21,17 +21,19 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
 
 from ps_jax import mesh as mesh_lib
+from ps_jax.data import crops
 from ps_jax.data import pipeline
 from ps_jax.eval import baselines
 from ps_jax.eval import cache as cache_lib
+from ps_jax.eval import crop_reid
 from ps_jax.eval import predict
 from ps_jax.eval import protocols
 from ps_jax.eval import report
 from ps_jax.eval.protocols import EvalError
 from ps_jax.eval.protocols import EvalOptions
+from ps_jax.systems import base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +43,13 @@ class EvalData:
   Attributes:
     builder: the dataset's prepared TFDS builder (`test` and `query` splits).
     label: 'name/config', for results and the cache key.
-    pipeline: the input settings (test_scale, normalization, eval batch).
+    pipeline: the input settings (test_scale, normalization, eval batch):
+      a `pipeline.PipelineConfig`, or a `crops.CropPipelineConfig` for crop
+      re-ID datasets.
   """
   builder: Any
   label: str
-  pipeline: pipeline.PipelineConfig
+  pipeline: Any
 
 
 @dataclasses.dataclass
@@ -91,7 +95,9 @@ def evaluate(system: Any, variables: Any, *, data: EvalData,
   """Predict with `system` (or read the cache) and evaluate.
 
   Args:
-    system: a person-search system (`ps_jax.systems.PersonSearchSystem`).
+    system: a person-search system (`ps_jax.systems.PersonSearchSystem`),
+      or a crop re-ID system (`CropReIDSystem`: scored by
+      `crop_reid.evaluate_crops` on Market-1501-style data, no cache).
     variables: its variables (any devices; replicated on `mesh` here).
     data: the dataset and input settings.
     options: the protocol options.
@@ -109,6 +115,10 @@ def evaluate(system: Any, variables: Any, *, data: EvalData,
   Raises:
     EvalError: the dataset or an option cannot be evaluated.
   """
+  if isinstance(system, base.CropReIDSystem):
+    return crop_reid.evaluate_crops(system, variables, data=data, mesh=mesh,
+                                    workdir=workdir, label=label, step=step,
+                                    output=output)
   splits = _read_splits(data, options)
   variables = replicate(variables, mesh)
   key_parts = {
@@ -136,7 +146,7 @@ def evaluate(system: Any, variables: Any, *, data: EvalData,
                    workdir=workdir, label=label, use_cache=use_cache,
                    with_detection=True, cache_dir=cache_dir)
   results["step"] = step
-  return _finish(results, workdir, output, "eval_results.json")
+  return report.finish(results, workdir, output, "eval_results.json")
 
 
 def evaluate_baseline(name: str, *, data: EvalData, options: EvalOptions,
@@ -145,8 +155,11 @@ def evaluate_baseline(name: str, *, data: EvalData, options: EvalOptions,
                       cache_dir: str | pathlib.Path | None = None
                       ) -> dict[str, Any]:
   """Evaluate a model-free baseline (`baselines.BASELINES`) on ground-truth
-  gallery boxes; results default to `<workdir>/eval_results_<name>.json`,
+  gallery boxes (on the crops themselves for crop re-ID data); results default to `<workdir>/eval_results_<name>.json`,
   `cache_dir` as in `evaluate`."""
+  if isinstance(data.pipeline, crops.CropPipelineConfig):
+    return crop_reid.evaluate_crops_baseline(name, data=data, workdir=workdir,
+                                             output=output)
   if name not in baselines.BASELINES:
     raise EvalError(f"baseline={name!r}; expected one of "
                     f"{baselines.BASELINES}")
@@ -167,7 +180,7 @@ def evaluate_baseline(name: str, *, data: EvalData, options: EvalOptions,
                    use_cache=use_cache, with_detection=False,
                    cache_dir=cache_dir)
   results["detections"] = "ground truth (baseline)"
-  return _finish(results, workdir, output, f"eval_results_{name}.json")
+  return report.finish(results, workdir, output, f"eval_results_{name}.json")
 
 
 def _score(splits: _Splits, compute: cache_lib.Compute,
@@ -189,16 +202,6 @@ def _score(splits: _Splits, compute: cache_lib.Compute,
                                     with_detection=with_detection)
   results.update(dataset=data.label, model=label, checkpoint=label,
                  step=None, cache=str(cache))
-  return results
-
-
-def _finish(results: dict[str, Any], workdir: str | pathlib.Path,
-            output: str | pathlib.Path | None, name: str) -> dict[str, Any]:
-  out = pathlib.Path(output) if output else pathlib.Path(workdir) / name
-  results["output"] = str(out)
-  report.write_results(results, out)
-  logging.info("Evaluation (%s):\n%s", results["model"],
-               report.format_table(results))
   return results
 
 

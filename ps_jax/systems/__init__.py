@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import functools
+
 from ps_jax.systems import alignps
 from ps_jax.systems import oim
+from ps_jax.systems import reid
 from ps_jax.systems.base import CropReIDSystem
 from ps_jax.systems.base import PersonSearchSystem
 from ps_jax.systems.base import System
@@ -22,8 +25,14 @@ from ps_jax.systems.base import initialize
 _BUILDERS = {
     "alignps": alignps.from_options,
     "oim": oim.from_options,
+    "ide": functools.partial(reid.from_options, "ide"),
+    "mlfn": functools.partial(reid.from_options, "mlfn"),
+    "glad": functools.partial(reid.from_options, "glad"),
 }
 NAMES = tuple(sorted(_BUILDERS))
+# Systems that embed person crops (`CropReIDSystem`): their data section is
+# the crop pipeline's (`ps_jax.data.crops`), their evaluation Market-1501's.
+CROP_REID = ("glad", "ide", "mlfn")
 
 
 def build(name: str, *, num_ids: int, **sections: Mapping[str, Any]
@@ -31,7 +40,8 @@ def build(name: str, *, num_ids: int, **sections: Mapping[str, Any]
   """The system called `name`, from its option sections.
 
   Args:
-    name: a config's `system` entry ('alignps', 'oim').
+    name: a config's `system` entry ('alignps', 'oim', 'ide', 'mlfn',
+      'glad').
     num_ids: labeled training identities of the dataset (its metadata).
     **sections: the option mappings the system takes (model, loss, predict).
   Raises:
@@ -42,5 +52,5 @@ def build(name: str, *, num_ids: int, **sections: Mapping[str, Any]
   return _BUILDERS[name](num_ids=num_ids, **sections)
 
 
-__all__ = ["CropReIDSystem", "NAMES", "PersonSearchSystem", "System", "build",
+__all__ = ["CROP_REID", "CropReIDSystem", "NAMES", "PersonSearchSystem", "System", "build",
            "initialize"]

@@ -1,8 +1,8 @@
 """The system contract: what the trainer and the evaluator know of a method.
 
 A *system* is one person-search or re-identification method end to end
-(AlignPS; the OIM R-CNN, crop re-ID nets and two-step pipelines to come; a
-user's own). It is an immutable object built once, at an entry point, from
+(AlignPS; the OIM R-CNN; the crop re-ID nets IDE, MLFN and GLAD; a user's
+own). It is an immutable object built once, at an entry point, from
 typed options, and everything it offers is a pure function of arrays and
 parameters, so the trainer can jit, shard and donate it:
 
@@ -45,7 +45,12 @@ Person-search systems (`PersonSearchSystem`) add
 and crop re-identification systems (`CropReIDSystem`) add
 
   embedding_dim: int
-  embed(variables, crops f32[B, H, W, 3]) -> f32[B, D] L2-normalized.
+  embed(variables, batch) -> f32[B, D] L2-normalized.
+      `batch` holds image f32[B, H, W, 3] (crops at the pipeline's size)
+      and, for systems that use body keypoints (GLAD), keypoints
+      f32[B, 4, 2] and has_keypoints bool[B] (`ps_jax.data.crops`).
+  features(variables, batch) -> f32[B, D], the descriptors before
+      normalization (for Euclidean-distance ranking).
 
 Systems are chosen by name in `ps_jax.systems.build`, an explicit mapping.
 """
@@ -105,7 +110,11 @@ class CropReIDSystem(System, Protocol):
 
   embedding_dim: int
 
-  def embed(self, variables: Variables, crops: jax.Array) -> jax.Array: ...
+  def embed(self, variables: Variables, batch: dict[str, jax.Array]
+            ) -> jax.Array: ...
+
+  def features(self, variables: Variables, batch: dict[str, jax.Array]
+               ) -> jax.Array: ...
 
 
 def init_rngs(seed: int) -> tuple[jax.Array, jax.Array]:

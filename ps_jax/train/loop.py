@@ -28,7 +28,9 @@ from absl import logging
 
 from ps_jax import checkpoint
 from ps_jax import mesh as mesh_lib
+from ps_jax.data import crops
 from ps_jax.data import pipeline
+from ps_jax.eval import crop_reid
 from ps_jax.eval import run as eval_run
 from ps_jax.train import config_check
 from ps_jax.train import state as state_lib
@@ -143,12 +145,17 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
         f"config.data.batch_size={exp.data.batch_size} must be a multiple "
         f"of the number of devices ({jax.device_count()})")
   source = pipeline.data_source(exp.builder, "train")
-  data_iter = pipeline.train_iterator(
-      source, exp.data, seed=run.seed,
-      batch_size=exp.data.batch_size // nproc)
+  make_iterator = (crops.train_iterator
+                   if isinstance(exp.data, crops.CropPipelineConfig)
+                   else pipeline.train_iterator)
+  data_iter = make_iterator(source, exp.data, seed=run.seed,
+                            batch_size=exp.data.batch_size // nproc)
+  parts = crop_reid.parts_description(exp.system, exp.builder)
+  if parts:
+    logging.info("GLAD parts: %s", parts)
 
   state, tx, schedule = step_lib.init_state(
-      exp.system, exp.optim, run.seed, exp.data.train_scales[0], mesh)
+      exp.system, exp.optim, run.seed, exp.init_hw, mesh)
   try:
     restored = checkpoint.restore_latest(mngr, state, data_iter)
   except checkpoint.CheckpointError:

@@ -24,7 +24,10 @@ to the weights, scaled by the scheduled lr but not by the Adam statistics),
 as in torch.optim.AdamW and optax.adamw. Adam's per-parameter step sizes
 suit a small network trained from scratch in a few hundred steps, where
 SGD's single rate is limited by the layers that diverge first
-(docs/experiments.md, E9).
+(docs/experiments.md, E9). `optimizer="adam"` and `"amsgrad"` are
+torch.optim.Adam (amsgrad=False / True) as torchreid trains re-ID nets:
+the weight decay is coupled, added to the gradient before the Adam
+statistics.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import optax
 from ps_jax import checks
 
 FROZEN, BIAS, NORM, WEIGHT = "frozen", "bias", "norm", "weight"
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "adam", "amsgrad")
 _OPTIMIZERS_EXPECTED = " or ".join(repr(o) for o in OPTIMIZERS)
 
 
@@ -200,7 +203,13 @@ def make_optimizer(params: Any, *, lr: float, momentum: float = 0.9,
     parts = []
     if wd:
       parts.append(optax.add_decayed_weights(wd))
-    parts.append(optax.sgd(rate, momentum=momentum))
+    if optimizer == "sgd":
+      parts.append(optax.sgd(rate, momentum=momentum))
+    else:  # torch.optim.Adam(amsgrad=...): weight decay added to the gradient
+      scale = (optax.scale_by_amsgrad if optimizer == "amsgrad"
+               else optax.scale_by_adam)
+      parts += [scale(b1=momentum, b2=b2, eps=eps),
+                optax.scale_by_learning_rate(rate)]
     return optax.chain(*parts)
 
   groups = optax.multi_transform(
