@@ -5,6 +5,10 @@
       --top-k 5 --picture result.png
   ps-search info --index gallery_index
 
+With a crop re-ID model (IDE, MLFN, GLAD: a --workdir trained with
+configs/{ide,mlfn,glad}_*.py) every image of --images is one person's crop:
+`index` embeds each whole image, and `query --crop person.png` ranks them.
+
 An index records the model that made it (workdir, step, fingerprint of the
 weights and system); `query` and `index --append` refuse another model, and
 `index --reembed` moves a whole index to the current one.
@@ -47,6 +51,8 @@ def load_predictor(workdir: str, step: int | None) -> index_lib.Predictor:
   # pylint: disable=g-import-not-at-top
   from ps_jax import checkpoint
   from ps_jax import experiment
+  from ps_jax.data import crops
+  from ps_jax.eval import crop_reid
   from ps_jax.eval import predict
   # pylint: enable=g-import-not-at-top
   try:
@@ -54,6 +60,10 @@ def load_predictor(workdir: str, step: int | None) -> index_lib.Predictor:
   except checkpoint.CheckpointError as e:
     # A damaged checkpoint is the user's to fix, not a crash: one line.
     raise SearchError(" ".join(str(e).split())) from e
+  if isinstance(exp.data, crops.CropPipelineConfig):
+    # A crop re-ID model: every indexed image is one person's crop.
+    return crop_reid.CropPredictor(exp.system, variables, exp.data,
+                                   step=step)
   return predict.Predictor(exp.system, variables, exp.data, step=step)
 
 
@@ -95,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
       "   their boxes and re-id embeddings to an index directory.\n"
       "2. query: give one person (an image and a box, or a crop) and get the\n"
       "   most similar people of the index as JSON and as a picture.\n"
-      "3. info: show what an index holds."))
+      "3. info: show what an index holds.\n\n"
+      "With a crop re-ID model (IDE, MLFN, GLAD) every image is one\n"
+      "person's crop: index a folder of crops, query with --crop."))
   sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
                          parser_class=_Parser)
 
