@@ -1,6 +1,8 @@
-"""Micro-benchmarks of the sampling ops: NMS, RoIAlign, deformable conv, FCOS.
+"""Micro-benchmarks of the sampling ops: NMS, RoIAlign, deformable conv, FCOS,
+and MLFN's grouped convolution (XLA's grouped conv against the dense conv
+with a block-diagonal kernel, `ps_jax.models.reid.mlfn.GroupedConv`).
 
-  python bench/ops.py [--repeats=5] [--only=nms,roi]
+  python bench/ops.py [--repeats=5] [--only=nms,roi,gconv]
 
 Prints one row per case: compile time (lower + compile, seconds) and the
 median steady-state time of `--repeats` calls (milliseconds, after one
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ps_jax.models.reid import mlfn
 from ps_jax.ops import assign
 from ps_jax.ops import deform_conv
 from ps_jax.ops import nms
@@ -27,7 +30,8 @@ from ps_jax.ops import roi_align
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per case.")
 _ONLY = flags.DEFINE_list(
-    "only", [], "Subset of case groups: nms, roi, dcn, fcos (default: all).")
+    "only", [], "Subset of case groups: nms, roi, dcn, fcos, gconv (default: "
+    "all).")
 
 
 def _time_case(fn, *args):
@@ -127,8 +131,32 @@ def _fcos_cases(rng):
          "5 levels)", fn, (pts, pt_strides, pt_levels, gt, pids, valid))
 
 
+def _gconv_cases(rng):
+  # MLFN's stage-1 and stage-3 grouped 3x3 convs at 256x128 input, batch 32.
+  for hw, c in ((64, 128), (16, 512)):
+    x = rng.normal(size=(32, hw, hw // 2, c)).astype(np.float32)
+    kernel = (rng.normal(size=(3, 3, c // 32, c)) * 0.05).astype(np.float32)
+
+    def native(x, k):
+      return jax.lax.conv_general_dilated(
+          x, k, (1, 1), ((1, 1), (1, 1)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=32)
+
+    def dense(x, k):
+      return jax.lax.conv_general_dilated(
+          x, mlfn.block_diagonal_kernel(k, 32), (1, 1), ((1, 1), (1, 1)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    shape = f"32x{hw}x{hw // 2}x{c}, 32 groups"
+    for name, fn in (("grouped conv", native), ("block-diagonal", dense)):
+      yield f"{name} fwd", shape, fn, (x, kernel)
+      grad = jax.grad(lambda x, k, fn=fn: jnp.sum(fn(x, k) ** 2),
+                      argnums=(0, 1))
+      yield f"{name} fwd+bwd", shape, grad, (x, kernel)
+
+
 _GROUPS = {"nms": _nms_cases, "roi": _roi_cases, "dcn": _dcn_cases,
-           "fcos": _fcos_cases}
+           "fcos": _fcos_cases, "gconv": _gconv_cases}
 
 
 def main(argv):

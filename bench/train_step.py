@@ -23,10 +23,19 @@ system, jitted as the train loop jits it, from a fresh state of
                   input 600x1000, batch 2.
   oim_synthetic_HxW  configs/oim_synthetic.py at each of its training
                   scales.
+  ide_market1501, mlfn_market1501, glad_market1501
+                  the crop re-ID nets at full size with their Market-1501
+                  recipes (configs/*_market1501.py: 256x128 crops, batch
+                  32, 751 identities; IDE ResNet-50, MLFN with 32 factor
+                  groups and its CPU-default dense grouped convs, GLAD on
+                  GoogLeNet with 128x128 fixed-ratio parts).
+  ide_synthetic, mlfn_synthetic, glad_synthetic
+                  configs/*_synthetic.py (128x64 crops, quarter width).
 
 Batches are random: normalized-image-like noise with 3-8 people per image
 (heights 15-60% of the image, about 0.4 wide for 1 high; 70% labeled ids),
-so the assignment, re-ID packing and memory update do real work.
+so the assignment, re-ID packing and memory update do real work. Crop
+batches are noise crops with random identities and plausible keypoints.
 
 Reported per case: compile time (lower + XLA compile, seconds), the median
 steady-state step time of `--steps` calls after `--warmup` calls (each
@@ -62,6 +71,12 @@ import jax
 import numpy as np
 
 from configs import common
+from configs import glad_market1501
+from configs import glad_synthetic
+from configs import ide_market1501
+from configs import ide_synthetic
+from configs import mlfn_market1501
+from configs import mlfn_synthetic
 from configs import oim_cuhk
 from configs import oim_synthetic
 from configs import synthetic as synthetic_config
@@ -88,6 +103,7 @@ _DTYPE = flags.DEFINE_enum(
 
 _RESULT = "RESULT "
 CUHK_NUM_IDS = 5532  # labeled identities of CUHK-SYSU's training set
+MARKET_NUM_IDS = 751  # identities of Market-1501's training set
 
 
 def _r50_case(height: int, width: int, batch: int) -> dict[str, Any]:
@@ -126,7 +142,43 @@ def all_cases() -> dict[str, dict[str, Any]]:
            "oim_600x1000": _oim_case()}
   cases.update(_synthetic_cases("synthetic", synthetic_config))
   cases.update(_synthetic_cases("oim_synthetic", oim_synthetic))
+  for name, module in (("ide_market1501", ide_market1501),
+                       ("mlfn_market1501", mlfn_market1501),
+                       ("glad_market1501", glad_market1501)):
+    cases[name] = {"config": module.get_config(), "steps": 2,
+                   "num_ids": MARKET_NUM_IDS}
+  for name, module in (("ide_synthetic", ide_synthetic),
+                       ("mlfn_synthetic", mlfn_synthetic),
+                       ("glad_synthetic", glad_synthetic)):
+    cases[name] = {"config": module.get_config(), "steps": 5,
+                   "num_ids": synthetic.SyntheticConfig().num_train_ids}
   return cases
+
+
+def _is_crop_config(config) -> bool:
+  return "image_hw" in config.data
+
+
+def _input_hw(config) -> tuple[int, int]:
+  if _is_crop_config(config):
+    return tuple(config.data.image_hw)
+  (hw,) = config.data.train_scales
+  return tuple(hw)
+
+
+def _random_crop_batch(rng, batch: int, height: int, width: int,
+                       num_ids: int) -> dict[str, Any]:
+  """A crop training batch (ps_jax.data.crops layout)."""
+  ys = np.sort(rng.uniform(0.0, 1.0, (batch, 4)), axis=1)
+  keypoints = np.stack([rng.uniform(0.3, 0.7, (batch, 4)), ys], axis=-1)
+  return {
+      "image": rng.normal(0, 1, (batch, height, width, 3)).astype(np.float32),
+      "pid": rng.integers(0, num_ids, batch).astype(np.int32),
+      "camera": rng.integers(0, 6, batch).astype(np.int32),
+      "keypoints": keypoints.astype(np.float32),
+      "has_keypoints": np.ones((batch,), bool),
+      "index": np.arange(batch, dtype=np.int32),
+  }
 
 
 def _random_batch(rng, batch: int, height: int, width: int, max_boxes: int,
@@ -163,7 +215,7 @@ def _compiled_step(config, num_ids: int, mesh, batch):
   t0 = time.perf_counter()
   state, tx, schedule = step_lib.init_state(
       system, experiment.optim_options(config), config.run.seed,
-      config.data.train_scales[0], mesh)
+      _input_hw(config), mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   step_fn = step_lib.make_train_step(system, tx, schedule, mesh,
@@ -203,10 +255,14 @@ def run_case(name: str, steps: int, warmup: int, dtype: str
   config, num_ids = case["config"], case["num_ids"]
   config.model.dtype = dtype
   steps = steps or case["steps"]
-  (height, width), = config.data.train_scales
+  height, width = _input_hw(config)
   mesh = mesh_lib.make_mesh()
-  host = _random_batch(np.random.default_rng(0), config.data.batch_size,
-                       height, width, config.data.max_boxes, num_ids)
+  if _is_crop_config(config):
+    host = _random_crop_batch(np.random.default_rng(0),
+                              config.data.batch_size, height, width, num_ids)
+  else:
+    host = _random_batch(np.random.default_rng(0), config.data.batch_size,
+                         height, width, config.data.max_boxes, num_ids)
   batch = mesh_lib.host_to_global(host, mesh)
 
   # Model FLOPs. XLA's cost analysis counts the body of a loop once, and the
@@ -260,8 +316,10 @@ def run_case(name: str, steps: int, warmup: int, dtype: str
       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                      / 2**20,
       "loss": float(metrics["loss"]),
-      # Re-ID samples: AlignPS's positive points, OIM's foreground RoIs.
-      "num_pos": float(metrics.get("num_pos", metrics.get("num_fg_rois"))),
+      # Re-ID samples: AlignPS's positive points, OIM's foreground RoIs,
+      # the crops of a crop re-ID batch.
+      "num_pos": float(metrics.get("num_pos", metrics.get(
+          "num_fg_rois", config.data.batch_size))),
       "devices": jax.device_count(), "backend": jax.default_backend(),
   }
 
