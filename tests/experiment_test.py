@@ -341,9 +341,9 @@ def test_paper_configs_train_with_sgd_and_the_main_job_with_adamw():
   options = experiment.optim_options(synthetic.get_config())
   assert options.optimizer == "adamw"
   assert options.bias_lr_mult == 1.0 and options.weight_decay == 0.05
-  with pytest.raises(ValueError, match="optim.optimizer='adam'"):
+  with pytest.raises(ValueError, match="optim.optimizer='adagrad'"):
     config = synthetic.get_config()
-    config.optim.optimizer = "adam"
+    config.optim.optimizer = "adagrad"
     experiment.optim_options(config)
 
 

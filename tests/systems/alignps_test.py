@@ -70,7 +70,7 @@ def test_max_reid_samples_bounds_positives_per_box():
 
 def test_build_names_the_valid_systems_and_keys():
   with pytest.raises(ValueError,
-                     match="expected one of \\['alignps', 'oim'\\]"):
+                     match="expected one of \\['alignps', 'glad', 'ide', 'mlfn', 'oim'\\]"):
     systems.build("seqnet", num_ids=3, model={}, loss={}, predict={})
   with pytest.raises(ValueError, match=r"model: unknown key\(s\) "
                      r"\['neck_chanels'\].*valid keys"):

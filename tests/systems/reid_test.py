@@ -1,7 +1,6 @@
 """Tests of the crop re-ID system (ps_jax/systems/reid.py)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -123,4 +122,3 @@ def test_gradients_reach_every_parameter():
   dead = [jax.tree_util.keystr(p) for p, g in leaves
           if not np.any(np.asarray(g))]
   assert not dead, dead
-  del jnp
