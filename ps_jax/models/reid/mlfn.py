@@ -181,8 +181,9 @@ class GroupedConv(nn.Module):
 
   impl: 'native' runs XLA's grouped convolution; 'dense' runs one dense
   conv with `block_diagonal_kernel` (groups times the multiply-adds, but on
-  XLA:CPU the gradient of a grouped conv is 15-60x slower than the dense one
-  (docs/benchmarks.md), so dense wins there); 'auto' picks dense on the CPU
+  XLA:CPU the gradient of a grouped conv was 17x (8 groups) and 67x (32
+  groups) slower than the dense one in one measurement, `bench/ops.py
+  --only=gconv`), so dense wins there; 'auto' picks dense on the CPU
   backend and native elsewhere. Both compute the same function.
   """
   features: int
