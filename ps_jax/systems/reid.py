@@ -161,6 +161,10 @@ class ReIDSystem:
     if model.norm != "frozen":
       raise ValueError(f"{where}: imported weights need model.norm='frozen' "
                        f"(got {model.norm!r})")
+    if isinstance(model, mlfn_lib.MLFN) and not model.branch_relu:
+      raise ValueError(f"{where}: torchreid MLFN weights fit torchreid's "
+                       "block, model.branch_relu=True (got False; set "
+                       "model.zero_init_residual=False with it)")
     state_dict = pretrained.load_state_dict(path)
     if isinstance(model, glad_lib.GLAD):
       try:

@@ -213,8 +213,9 @@ relu = lambda x: np.maximum(x, 0)  # noqa: E731
 sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
 
 
-def np_mlfn(sd, x, groups):
-  """torchreid MLFN forward (eval mode + classifier) in float64 numpy."""
+def np_mlfn(sd, x, groups, branch_relu=True):
+  """torchreid MLFN forward (eval mode + classifier) in float64 numpy;
+  branch_relu=False drops the ReLU on each block's branch before the add."""
   sd = {k[len("module."):] if k.startswith("module.") else k:
         np.asarray(v, np.float64) for k, v in sd.items()}
   x = np.asarray(x, np.float64)
@@ -242,7 +243,9 @@ def np_mlfn(sd, x, groups):
       ss = np.tile(s, (1, c // groups)).reshape(bsz, c // groups, groups)
       ss = ss.transpose(0, 2, 1).reshape(bsz, c)
       y = y * ss[:, None, None, :]
-      y = relu(np_bn(np_conv(y, sd[p + "fm_conv3.weight"]), sd, p + "fm_bn3"))
+      y = np_bn(np_conv(y, sd[p + "fm_conv3.weight"]), sd, p + "fm_bn3")
+      if branch_relu:
+        y = relu(y)
       res = x
       if p + "downsample.0.weight" in sd:
         res = np_bn(np_conv(x, sd[p + "downsample.0.weight"], stride=stride),
@@ -310,6 +313,49 @@ def test_import_matches_numpy_reference():
       np.asarray(k), sd["module.feature.5.fm_conv2.weight"].transpose(
           2, 3, 1, 0))
   assert k.shape == (3, 3, 4, 16)
+
+
+def test_resnet_form_without_branch_relu_matches_numpy():
+  """branch_relu=False: the block adds BN(fm_conv3) without the ReLU."""
+  model = mlfn.MLFN(num_classes=10, branch_relu=False, **SMALL_KW)
+  sd = random_state_dict(SMALL, num_classes=10)
+  new = mlfn.torchreid_mlfn_to_variables(sd, shapes_of(model))
+  x = images()
+  out = jax.jit(model.apply)(new, x)
+  v, sig, logits = np_mlfn(sd, x, SMALL["groups"], branch_relu=False)
+  assert_close(out["descriptor"], v)
+  assert_close(out["logits"], logits)
+  # The ReLU matters: torchreid's form gives another descriptor.
+  v_relu, _, _ = np_mlfn(sd, x, SMALL["groups"])
+  assert np.max(np.abs(v - v_relu)) > 1e-2 * np.max(np.abs(v))
+
+
+def test_zero_init_residual_starts_every_block_as_its_shortcut():
+  """fm_bn3's scales start at 0, so a block with an identity shortcut
+  passes its (non-negative) input through unchanged."""
+  model = mlfn.MLFN(num_classes=5, norm="group", branch_relu=False,
+                    zero_init_residual=True, **SMALL_KW)
+  x = jnp.asarray(images())
+  variables = model.init(KEY, x)
+  for i in range(16):
+    scale = variables["params"][f"feature_{i}"]["fm_bn3"]["gn"]["scale"]
+    assert np.all(np.asarray(scale) == 0)
+  _, inter = model.apply(
+      variables, x, capture_intermediates=lambda m, _: isinstance(
+          m, mlfn.MLFNBlock))
+  blocks = inter["intermediates"]
+  # feature_1 (stage 1, no projection) maps feature_0's output to itself.
+  inp = np.asarray(blocks["feature_0"]["__call__"][0][0])
+  out = np.asarray(blocks["feature_1"]["__call__"][0][0])
+  np.testing.assert_array_equal(out, inp)
+
+
+@pytest.mark.parametrize("kw", [dict(zero_init_residual=True, norm="group"),
+                                dict(zero_init_residual=True,
+                                     branch_relu=False)])
+def test_zero_init_residual_needs_resnet_form_and_trainable_norm(kw):
+  with pytest.raises(ValueError, match="zero_init_residual"):
+    mlfn.MLFN(**SMALL_KW, **kw).init(KEY, jnp.zeros((1, 64, 32, 3)))
 
 
 def test_import_mlfn_reads_npz(tmp_path):

@@ -122,3 +122,18 @@ def test_gradients_reach_every_parameter():
   dead = [jax.tree_util.keystr(p) for p, g in leaves
           if not np.any(np.asarray(g))]
   assert not dead, dead
+
+
+@pytest.mark.parametrize("model, match", [
+    (dict(norm="group"), "model.norm='frozen'"),
+    (dict(norm="frozen", branch_relu=False), "branch_relu=True"),
+])
+def test_mlfn_import_needs_torchreids_block(model, match):
+  """torchreid's weights fit only its own block (frozen BN, branch ReLU);
+  the check comes before the file is read."""
+  system = reid.from_options(
+      "mlfn", model=dict(width_multiplier=0.0625, groups=4, **model),
+      loss={}, predict={}, num_ids=3)
+  with pytest.raises(ValueError, match=match):
+    system.init_from({}, "/nonexistent/mlfn.npz",
+                     normalization="imagenet_rgb")

@@ -20,7 +20,8 @@ An MLFN block with input x, `mid = out / 2` and `groups = 32`:
   y = y * s                      group k's contiguous slice of mid / groups
                                  channels is scaled by s[k]
   y = ReLU(BN(conv1x1(y)))       mid -> out, no bias; ReLU BEFORE the add
-                                 (torchreid's form)
+                                 (torchreid's form; `branch_relu=False`
+                                 drops it, ResNet's form)
   out = ReLU(y + shortcut(x))    shortcut: identity, or 1x1 conv (no bias,
                                  stride) + BN when channels or stride change
 
@@ -57,6 +58,13 @@ over channels, because per-group statistics of a 1x1 map with few channels
 per group degenerate: with one channel per group (the FSM's last norm, C =
 groups) every output would be its bias and the gates would ignore the
 input. Parameter counts are the same in both modes.
+
+Training from scratch. `branch_relu=False, zero_init_residual=True` (each
+branch without the final ReLU, its last norm's scale starting at 0, so every
+block starts as its shortcut) is the form the synthetic and from-scratch
+Market-1501 configs train: under GroupNorm, torchreid's form did not learn in
+the time a CPU run has (`MLFN.zero_init_residual`). torchreid's weights fit
+only torchreid's form (`branch_relu=True`, the default).
 
 Importer (`torchreid_mlfn_to_variables`, `import_mlfn`): torchreid's state-
 dict names map onto our tree as follows (a leading `module.` is stripped,
@@ -228,12 +236,12 @@ class _PointNorm(nn.Module):
                         param_dtype=jnp.float32, name="gn")(x)
 
 
-def _norm(norm: str, dtype: Dtype, name: str, pointwise: bool = False
-          ) -> nn.Module:
+def _norm(norm: str, dtype: Dtype, name: str, pointwise: bool = False,
+          zero_scale: bool = False) -> nn.Module:
   """BN replacement; `pointwise`: it acts on a 1x1 map (see module doc)."""
   if norm == "group" and pointwise:
     return _PointNorm(dtype=dtype, name=name)
-  return _norm_layer(norm, dtype, name)
+  return _norm_layer(norm, dtype, name, zero_scale=zero_scale)
 
 
 class FactorSelection(nn.Module):
@@ -273,6 +281,10 @@ class MLFNBlock(nn.Module):
     norm: 'frozen' or 'group'.
     dtype: compute dtype.
     grouped_conv: how the grouped 3x3 conv runs (`GroupedConv.impl`).
+    branch_relu: torchreid's ReLU on the branch before the add (True), or
+      none, as in ResNet (False; see `MLFN.branch_relu`).
+    zero_init_residual: init fm_bn3's scale to 0 (needs branch_relu=False
+      and a trainable norm).
   """
   features: int
   strides: int = 1
@@ -281,6 +293,8 @@ class MLFNBlock(nn.Module):
   norm: str = "frozen"
   dtype: Dtype | None = None
   grouped_conv: str = "auto"
+  branch_relu: bool = True
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
@@ -303,7 +317,10 @@ class MLFNBlock(nn.Module):
     y = (y.reshape(b, h, w, g, mid // g)
          * s.reshape(b, 1, 1, g, 1).astype(y.dtype)).reshape(b, h, w, mid)
     y = _conv(self.features, 1, 1, self.dtype, "fm_conv3")(y)
-    y = nn.relu(_norm(self.norm, self.dtype, "fm_bn3")(y))
+    y = _norm(self.norm, self.dtype, "fm_bn3",
+              zero_scale=self.zero_init_residual)(y)
+    if self.branch_relu:
+      y = nn.relu(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = _conv(self.features, 1, self.strides, self.dtype,
@@ -325,6 +342,16 @@ class MLFN(nn.Module):
     grouped_conv: 'auto' (dense block-diagonal kernels on CPU, XLA's grouped
       conv elsewhere), 'native' or 'dense' (`GroupedConv`); the same
       function and parameters either way.
+    branch_relu: True (torchreid, and the only form its weights fit): each
+      block's branch ends in ReLU(BN(fm_conv3)) before the add. False:
+      ResNet's form, no ReLU before the add.
+    zero_init_residual: fm_bn3's scale starts at 0, so each block starts as
+      its shortcut (Goyal et al. 2017); needs branch_relu=False (under the
+      ReLU a zero branch gets no gradient) and norm='group'. Same
+      parameters either way. Trained from scratch with GroupNorm on the
+      synthetic crops, torchreid's form and the ResNet form alone both sat
+      at the chance loss for 300 steps; with this option the loss left
+      chance after about 100 steps (docs/reid.md has the runs).
   """
   num_classes: int = 0
   groups: int = 32
@@ -332,6 +359,8 @@ class MLFN(nn.Module):
   norm: str = "frozen"
   dtype: Dtype | None = None
   grouped_conv: str = "auto"
+  branch_relu: bool = True
+  zero_init_residual: bool = False
 
   @property
   def descriptor_dim(self) -> int:
@@ -361,6 +390,12 @@ class MLFN(nn.Module):
     if self.norm not in ("frozen", "group"):
       raise ValueError(f"norm: expected 'frozen' or 'group', got "
                        f"{self.norm!r}.")
+    if self.zero_init_residual and (self.branch_relu
+                                    or self.norm == "frozen"):
+      raise ValueError(
+          "zero_init_residual: needs branch_relu=False (a zero branch under "
+          "the ReLU gets no gradient: ReLU'(0) = 0) and a trainable norm, got "
+          f"branch_relu={self.branch_relu}, norm={self.norm!r}.")
     if self.groups < 1 or not self.width_multiplier > 0:
       raise ValueError(f"MLFN: groups must be >= 1 and width_multiplier > 0, "
                        f"got {self.groups} and {self.width_multiplier}.")
@@ -378,6 +413,7 @@ class MLFN(nn.Module):
       for b in range(n):
         x, s = MLFNBlock(out, 2 if (b == 0 and stage > 0) else 1, fsm,
                          self.groups, self.norm, dt, self.grouped_conv,
+                         self.branch_relu, self.zero_init_residual,
                          name=f"feature_{i}")(x)
         gates.append(s)
         i += 1
