@@ -13,7 +13,8 @@ def get_config():
   c = common.base(system="mlfn")
   c.dataset = common.dataset("synthetic_reid", config="tiny")
   c.data = common.reid_data((64, 32), batch_size=8, eval_batch_size=16)
-  c.model = dict(groups=32, width_multiplier=0.0625, norm="group")
+  c.model = dict(groups=32, width_multiplier=0.0625, norm="group",
+                 branch_relu=False, zero_init_residual=True)
   c.loss = common.reid_loss(label_smoothing=0.1)
   c.optim = common.adam(1e-3, weight_decay=5e-4, warmup_steps=2,
                         decay_steps=())
