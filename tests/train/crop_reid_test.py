@@ -151,10 +151,10 @@ def test_loss_goes_down(tiny_synthetic_dir):
 
 def test_ps_search_indexes_and_queries_crops(glad_runs, tiny_synthetic_dir,
                                              tmp_path, capsys):
-  """`ps-search` with a crop re-ID checkpoint: every image is one crop, and
-  a crop finds itself. (Its similarities differ from those of the
-  evaluation pipeline's embeddings by up to 0.04 on this tiny model, cause
-  not yet found, so they are not compared here.)"""
+  """`ps-search` with a crop re-ID checkpoint: every image is one crop,
+  embedded as the evaluation embeds a crop without keypoints (GLAD's
+  fixed-ratio parts: a user's crop carries no keypoints), and a crop finds
+  itself."""
   workdir = str(glad_runs["full"])
   exp, variables, _ = experiment.restore(workdir)
   source = pipeline.data_source(exp.builder, "query")
@@ -176,3 +176,18 @@ def test_ps_search_indexes_and_queries_crops(glad_runs, tiny_synthetic_dir,
   assert hits[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
   w, h = Image.open(folder / "c2.png").size
   assert hits[0]["box"] == [0.0, 0.0, float(w), float(h)]
+
+  # The evaluation's embeddings of the same records (its resizing and
+  # normalisation), one crop per batch as the predictor embeds them, with
+  # the dataset's keypoints withheld.
+  embed = jax.jit(exp.system.embed)
+  feats = np.concatenate([
+      np.asarray(embed(variables, {
+          **{k: v for k, v in b.items() if k != "image_id"},
+          "has_keypoints": np.zeros_like(b["has_keypoints"])}))
+      for b in crops.eval_batches([source[i] for i in range(4)], exp.data,
+                                  eval_batch_size=1)])
+  for hit in hits:
+    j = int(pathlib.Path(hit["image"]).stem[1:])
+    assert hit["similarity"] == pytest.approx(float(feats[2] @ feats[j]),
+                                              abs=1e-5)
