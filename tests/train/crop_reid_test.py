@@ -6,10 +6,16 @@ tiny synthetic crops (`synthetic_reid/tiny`, built in the session's data
 dir):
   * a step on 8 simulated devices equals the step on 1 (losses, updated
     parameters), for MLFN at 128 x 64 and width 1/8. GLAD does not pass
-    this at test sizes: after two steps its classifier updates differ by
-    a few percent between 1 and 8 devices (GroupNorm over the small maps of
-    its 64 x 64 parts, even on its ResNet trunk at width 1/8; an open
-    finding). In the tiny
+    this at test sizes, even on its ResNet trunk at width 1/8: its first
+    gradients differ by 1-3 % between 1 and 8 devices while its losses
+    agree to 1e-9. The cause found so far is the stem's 3 x 3 max pool: the
+    synthetic crops are flat-coloured (and random translation pads them
+    with a constant), so many windows hold several (near-)equal maxima, and
+    which one receives the gradient depends on last-bit differences of the
+    forward pass. With the max pools replaced by average pools, or with a
+    little noise on the images, the first gradients agree to 5e-5; but
+    after two SGD steps with the noise the updates of the first stage's
+    norms still differ by about 6 % (an open finding). In the tiny
     configs (64 x 32, width 1/16) GroupNorm normalises one or two channels
     over a 2 x 1 map, which turns the last-bit differences between a batch
     of 8 and 8 batches of 1 into differences of 0.1-2 % in the features,
