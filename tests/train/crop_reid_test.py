@@ -4,23 +4,22 @@ The trainer's system-parametrised tests (step_test.py, loop_test.py) run on
 the scene pipeline; these run the same promises on the crop pipeline and the
 tiny synthetic crops (`synthetic_reid/tiny`, built in the session's data
 dir):
-  * a step on 8 simulated devices equals the step on 1 (losses, updated
-    parameters), for MLFN at 128 x 64 and width 1/8. GLAD does not pass
-    this at test sizes, even on its ResNet trunk at width 1/8: its first
-    gradients differ by 1-3 % between 1 and 8 devices while its losses
-    agree to 1e-9. The cause found so far is the stem's 3 x 3 max pool: the
-    synthetic crops are flat-coloured (and random translation pads them
-    with a constant), so many windows hold several (near-)equal maxima, and
-    which one receives the gradient depends on last-bit differences of the
-    forward pass. With the max pools replaced by average pools, or with a
-    little noise on the images, the first gradients agree to 5e-5; but
-    after two SGD steps with the noise the updates of the first stage's
-    norms still differ by about 6 % (an open finding). In the tiny
-    configs (64 x 32, width 1/16) GroupNorm normalises one or two channels
-    over a 2 x 1 map, which turns the last-bit differences between a batch
-    of 8 and 8 batches of 1 into differences of 0.1-2 % in the features,
-    and narrow GoogLeNet branches are the same at any small width. At this
-    size the forward passes agree to ~1e-6;
+  * two steps on 8 simulated devices equal the steps on 1 (losses, and the
+    parameter updates leaf by leaf), for MLFN at 128 x 64 and width 1/8.
+    In the tiny configs (64 x 32, width 1/16) GroupNorm normalises one or
+    two channels over a 2 x 1 map, which turns the last-bit differences
+    between a batch of 8 and 8 batches of 1 into differences of 0.1-2 % in
+    the features. The batches get a little Gaussian noise: the synthetic
+    crops are flat-coloured (and random translation pads them with a
+    constant), so many 3 x 3 max-pool windows hold equal maxima, and which
+    of them receives the gradient depends on last-bit differences of the
+    forward pass. GLAD (ResNet trunk, same size) does not pass: without the
+    noise its first gradients differ by 1-3 % between 1 and 8 devices (both
+    valid gradients of the max); with it, or with average pools in place
+    of the max pools, they agree to 5e-5, and from equal parameters its
+    second gradients agree to 1.4e-4, yet after two train steps the
+    updates of its first stage's norms differ by about 6 %, not explained
+    yet (docs/reid.md);
   * a GLAD run stopped after a checkpoint and resumed logs and ends exactly
     as the uninterrupted run, and its loss goes down;
   * the evaluation at the end writes Market-1501 mAP and rank-1.
@@ -85,7 +84,13 @@ def test_step_matches_on_one_and_eight_devices(name, tiny_synthetic_dir):
                             exp.data, seed=0)
   batches = [next(it), next(it)]
   assert batches[0]["has_keypoints"].all()
+  noise = np.random.default_rng(5)  # no tied max-pool maxima (docstring)
+  for b in batches:
+    b["image"] = b["image"] + noise.normal(0, 0.05, b["image"].shape).astype(
+        np.float32)
   host = jax.tree.map(lambda x: np.array(x, copy=True), state)
+  # Kept apart: on one CPU device the donated state may share host's memory.
+  before = jax.tree.map(lambda x: np.array(x, copy=True), host.params)
   out = {}
   for n in (8, 1):
     mesh = mesh_lib.make_mesh(n)
@@ -97,8 +102,20 @@ def test_step_matches_on_one_and_eight_devices(name, tiny_synthetic_dir):
       losses.append(float(metrics["loss"]))
     out[n] = (losses, jax.device_get(s.params))
   np.testing.assert_allclose(out[8][0], out[1][0], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(out[8][1]), jax.tree.leaves(out[1][1])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The updates agree leaf by leaf to a small fraction of their size (the
+  # parameters themselves would hide a wrong update under the initial values).
+  worst = []
+  for (path, a), b, p0 in zip(jax.tree_util.tree_leaves_with_path(out[8][1]),
+                              jax.tree.leaves(out[1][1]),
+                              jax.tree.leaves(before)):
+    d8, d1 = np.asarray(a) - p0, np.asarray(b) - p0
+    # The floor, 1e-7 per entry, covers updates that are rounding noise:
+    # the zero-initialised branches' first ones, and the stem conv's bias,
+    # whose gradient under the per-channel norm after it is exactly 0.
+    size = np.linalg.norm(d1) + 1e-7 * np.sqrt(d1.size)
+    worst.append((float(np.linalg.norm(d8 - d1) / size),
+                  jax.tree_util.keystr(path)))
+  assert max(worst)[0] < 1e-3, sorted(worst)[-5:]
 
 
 def _metrics(workdir):
