@@ -51,7 +51,8 @@ class ReidResult:
     cmc: k -> CMC at rank k (fraction of counted queries).
     ap: f64[Qn] AP per query (0 for a query without a good entry).
     first_good: i64[Qn] 0-based rank of the first good entry, -1 if none.
-    num_valid_queries: queries with at least one good entry.
+    num_valid_queries: queries with at least one good entry (with
+      `num_good`: with num_good > 0).
   """
   mAP: float  # pylint: disable=invalid-name
   cmc: dict[int, float]
@@ -87,7 +88,8 @@ def eval_reid_market(query_feats: np.ndarray,
                      junk_pids: Sequence[int] = MARKET_JUNK_PIDS,
                      ap_method: ApMethod = "trapezoid",
                      skip_queries_without_match: bool = True,
-                     ranks: Sequence[int] = CMC_RANKS) -> ReidResult:
+                     ranks: Sequence[int] = CMC_RANKS,
+                     num_good: np.ndarray | None = None) -> ReidResult:
   """Market-1501 CMC and mAP (see the module docstring).
 
   Args:
@@ -103,6 +105,13 @@ def eval_reid_market(query_feats: np.ndarray,
     skip_queries_without_match: average over queries with a good entry only
       (True) or over all queries, the others scoring 0 (False).
     ranks: the CMC ranks to report.
+    num_good: optional int [Qn], the number of good entries each query
+      *should* find, when some of them are absent from the gallery (the
+      PRW paper's protocol: ground-truth occurrences that no detection
+      matched, `ps_jax.eval.prw_paper`). It is the AP's denominator, which
+      caps recall; a query counts when num_good > 0, scoring 0 if none of
+      its good entries is in the gallery. Must be >= the good entries
+      present. None: the good entries present.
 
   Returns:
     ReidResult.
@@ -128,6 +137,11 @@ def eval_reid_market(query_feats: np.ndarray,
     raise ValueError(f"gallery_pids ({len(g_pids)}), gallery_cams "
                      f"({len(g_cams)}) and gallery_feats ({len(g_feats)}) "
                      "differ in length.")
+  if num_good is not None:
+    num_good = np.asarray(num_good, np.int64).reshape(-1)
+    if len(num_good) != len(q_pids):
+      raise ValueError(f"num_good ({len(num_good)}) and query_pids "
+                       f"({len(q_pids)}) differ in length.")
   junk_pids = np.asarray(junk_pids, np.int64)
   if np.isin(q_pids, junk_pids).any():
     raise ValueError(f"query_pids: a query has a junk pid {junk_pids}.")
@@ -152,6 +166,9 @@ def eval_reid_market(query_feats: np.ndarray,
       lo, hi = np.searchsorted(pids_sorted, [q_pids[q], q_pids[q] + 1])
       same_id = order[lo:hi]
       good = same_id[g_cams[same_id] != q_cams[q]]
+      if num_good is not None and good.size > num_good[q]:
+        raise ValueError(f"num_good[{q}] = {num_good[q]} but the gallery "
+                         f"holds {good.size} good entries for that query.")
       if good.size == 0:
         continue
       thresholds = np.unique(sims[good])[::-1]
@@ -164,10 +181,13 @@ def eval_reid_market(query_feats: np.ndarray,
       positions = negatives_before + np.arange(good.size)
       first_good[q] = positions[0]
       aps[q] = _ap_from_positions(positions, ap_method)
-  valid = first_good >= 0
+      if num_good is not None:
+        aps[q] *= good.size / num_good[q]
+  found = first_good >= 0
+  valid = found if num_good is None else num_good > 0
   denom = int(valid.sum()) if skip_queries_without_match else num_q
   if denom == 0:
     return ReidResult(0.0, {k: 0.0 for k in ranks}, aps, first_good, 0)
-  cmc = {k: float(np.sum(valid & (first_good < k)) / denom) for k in ranks}
+  cmc = {k: float(np.sum(found & (first_good < k)) / denom) for k in ranks}
   return ReidResult(float(aps.sum() / denom), cmc, aps, first_good,
                     int(valid.sum()))
