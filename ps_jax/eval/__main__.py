@@ -7,7 +7,7 @@
   python -m ps_jax.eval --workdir /tmp/w --config configs/alignps_cuhk.py
 
 The config is the one saved with the checkpoint unless --config names a
-config file (`path.py` or `path.py:arg`); --det_thresh, --query_mode,
+config file (`path.py` or `path.py:arg`); --det_thresh, --query_mode, --cws,
 --gallery_sizes and --data_dir override its `eval` / `dataset` entries. The
 table goes to stdout, the results to <workdir>/eval_results.json
 (eval_results_untrained.json, eval_results_color_hist.json for the
@@ -107,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
                       "(default: config.eval.gallery_sizes, or every size "
                       "of the dataset plus the full set where its lists hold "
                       "every gallery image of the target)")
+  p.add_argument("--cws", action="store_true", default=None,
+                 help="also rank by Confidence Weighted Similarity "
+                      "(similarity x detection score, the PRW paper): extra "
+                      "rows named <gallery>+cws (default: config.eval.cws, "
+                      "else off)")
   p.add_argument("--data_dir", default=None,
                  help="where the TFDS dataset lives, if not where the "
                       "config says")
@@ -145,7 +150,7 @@ def _with_overrides(config: Any, args: argparse.Namespace) -> dict[str, Any]:
   from ps_jax import experiment  # pylint: disable=g-import-not-at-top
   plain = experiment.plain_config(config)
   overrides = {"det_thresh": args.det_thresh, "query_mode": args.query_mode,
-               "gallery_sizes": args.gallery_sizes}
+               "gallery_sizes": args.gallery_sizes, "cws": args.cws}
   for key, value in overrides.items():
     if value is not None:
       plain["eval"][key] = list(value) if isinstance(value, tuple) else value

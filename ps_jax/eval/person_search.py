@@ -21,6 +21,12 @@ core), see docs/evaluation.md, without CBGM. Per query:
   * top-k (k = 1, 5, 10) = 1 if a true positive is among the k most similar
     detections.
 
+`cws=True` ranks by Confidence Weighted Similarity (the PRW paper; SeqNet
+multiplies the gallery embeddings by the box scores the same way): each
+gallery detection's similarity is multiplied by its detection score, which
+must lie in [0, 1]. The true positive of an image is then the detection
+with the highest weighted similarity.
+
 CUHK-SYSU: the gallery of a query is its `TestG<n>` list of image ids
 (`Queries.galleries[n]`). SeqNet quirks, reproduced by default:
   * duplicated entries in a list (`duplicates="seqnet"`): every entry adds to
@@ -267,8 +273,9 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def _flatten(gallery: Gallery, det_thresh: float,
-             integer_gt_boxes: bool) -> _FlatGallery:
-  """Concatenates kept detections and precomputes the target candidates."""
+             integer_gt_boxes: bool, cws: bool = False) -> _FlatGallery:
+  """Concatenates kept detections and precomputes the target candidates;
+  `cws` scales each detection's embedding by its score."""
   if gallery.feats is None:
     raise ValueError("Gallery.feats is None; search evaluation needs the "
                      "embeddings of the detections.")
@@ -294,6 +301,12 @@ def _flatten(gallery: Gallery, det_thresh: float,
     counts[i] = int(keep.sum())
     if counts[i] < len(det):  # copy only when something is dropped
       det, feat = det[keep], feat[keep]
+    if cws and len(det):
+      score = det[:, 4]
+      if score.min() < 0 or score.max() > 1:
+        raise ValueError(f"{where}: cws needs detection scores in [0, 1], "
+                         f"got [{score.min():g}, {score.max():g}].")
+      feat = feat * score[:, None].astype(feat.dtype)
     boxes.append(det[:, :4])
     feats.append(feat)
     b, p = detection.check_gt(gallery.gt_boxes[i], gallery.gt_pids[i], where)
@@ -476,7 +489,8 @@ def eval_search_cuhk(gallery: Gallery,
                      duplicates: Duplicates = "seqnet",
                      full_set: FullSet = "seqnet",
                      full_set_base: int = 50,
-                     integer_gt_boxes: bool = True) -> dict[int, SearchResult]:
+                     integer_gt_boxes: bool = True,
+                     cws: bool = False) -> dict[int, SearchResult]:
   """CUHK-SYSU protocol for each gallery size (see the module docstring).
 
   Evaluating several sizes in one call shares the gallery preparation and the
@@ -494,6 +508,7 @@ def eval_search_cuhk(gallery: Gallery,
     full_set_base: the gallery size whose lists the full set extends (the
       reference: 50, TestG50).
     integer_gt_boxes: truncate GT boxes to integers like the reference data.
+    cws: rank by similarity x detection score (module docstring).
 
   Returns:
     gallery size -> SearchResult.
@@ -508,7 +523,7 @@ def eval_search_cuhk(gallery: Gallery,
     if key not in queries.galleries:
       raise ValueError(f"gallery size {size} needs Queries.galleries[{key}]; "
                        f"have sizes {sorted(queries.galleries)}.")
-  flat = _flatten(gallery, det_thresh, integer_gt_boxes)
+  flat = _flatten(gallery, det_thresh, integer_gt_boxes, cws)
   q_feats, flat = _query_feats(queries, flat)
   q_pids = np.asarray(queries.pids)
   q_img = np.array([flat.index_of.get(_name(n), -1)
@@ -624,7 +639,8 @@ def eval_search_prw(gallery: Gallery,
                     *,
                     det_thresh: float = 0.5,
                     multi_view: bool = False,
-                    integer_gt_boxes: bool = True) -> SearchResult:
+                    integer_gt_boxes: bool = True,
+                    cws: bool = False) -> SearchResult:
   """PRW protocol (see the module docstring).
 
   Args:
@@ -635,11 +651,12 @@ def eval_search_prw(gallery: Gallery,
     multi_view: only frames from other cameras form the gallery (SeqNet's
       `ignore_cam_id=False`); default: every frame but the query's own.
     integer_gt_boxes: truncate GT boxes to integers like the reference data.
+    cws: rank by similarity x detection score (module docstring).
 
   Returns:
     SearchResult.
   """
-  flat = _flatten(gallery, det_thresh, integer_gt_boxes)
+  flat = _flatten(gallery, det_thresh, integer_gt_boxes, cws)
   q_feats, flat = _query_feats(queries, flat)
   q_pids = np.asarray(queries.pids)
   num_q = len(q_pids)

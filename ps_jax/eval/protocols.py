@@ -9,7 +9,8 @@ the dataset plus detection recall/AP. Host-side numpy only.
 Protocol options (`EvalOptions`): `det_thresh` (gallery detections kept for
 search), `gallery_sizes` (CUHK-style sizes to report, -1 the full set;
 empty = every size the dataset stores, plus the full set) and `duplicates`
-(how a gallery list that names an image twice is scored). The full set
+(how a gallery list that names an image twice is scored), and `cws`
+(extra rows ranked by Confidence Weighted Similarity). The full set
 extends the TestG50 lists, or the smallest stored size for datasets without
 them (`full_set_base` in the results); by default it is left out, with a
 warning and `full_set_note` in the results, where those lists miss gallery
@@ -54,10 +55,14 @@ class EvalOptions:
       counts in the recall denominator, the image is ranked once), "repeat"
       (AlignPS's script: the image is ranked once per entry) or "unique"
       (one entry); `person_search.eval_search_cuhk`.
+    cws: also score every search protocol with Confidence Weighted
+      Similarity (similarity x detection score), as extra rows named
+      `search/<gallery>+cws`.
   """
   det_thresh: float = 0.5
   gallery_sizes: tuple[int, ...] = ()
   duplicates: str = "seqnet"
+  cws: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "det_thresh", float(self.det_thresh))
@@ -244,11 +249,14 @@ def run_protocols(options: EvalOptions, protocol: str,
   results: dict[str, Any] = {"protocol": protocol, "det_thresh": det_thresh,
                              "num_queries": len(query_info.pids),
                              "num_gallery_images": num}
+  weightings = ((False, ""), (True, "+cws")) if options.cws else (
+      (False, ""),)
   if protocol == "prw":
     for name, multi_view in (("all_cameras", False), ("cross_camera", True)):
-      results[f"search/{name}"] = person_search.eval_search_prw(
-          gallery, queries, det_thresh=det_thresh,
-          multi_view=multi_view).as_dict()
+      for cws, suffix in weightings:
+        results[f"search/{name}{suffix}"] = person_search.eval_search_prw(
+            gallery, queries, det_thresh=det_thresh, multi_view=multi_view,
+            cws=cws).as_dict()
   else:
     requested = options.gallery_sizes
     _, base = cuhk_sizes(requested, query_info.galleries)
@@ -260,11 +268,12 @@ def run_protocols(options: EvalOptions, protocol: str,
       logging.warning("Full set %s: %s", "evaluated anyway" if full
                       else "skipped", problem)
       results["full_set_note"] = problem
-    by_size = person_search.eval_search_cuhk(
-        gallery, queries, sizes, det_thresh=det_thresh, full_set_base=base,
-        duplicates=options.duplicates)
-    for n in sizes:
-      results[f"search/{_size_name(n)}"] = by_size[n].as_dict()
+    for cws, suffix in weightings:
+      by_size = person_search.eval_search_cuhk(
+          gallery, queries, sizes, det_thresh=det_thresh, full_set_base=base,
+          duplicates=options.duplicates, cws=cws)
+      for n in sizes:
+        results[f"search/{_size_name(n)}{suffix}"] = by_size[n].as_dict()
     if person_search.FULL_SET in sizes:
       results["full_set_base"] = base
   if with_detection:

@@ -32,8 +32,9 @@ def format_table(results: Mapping[str, Any]) -> str:
   for key, v in results.items():
     if key.startswith("search/"):
       name = key[7:]
-      if name == "full_set" and results.get("full_set_base", 50) != 50:
-        name = f"full_set(+{results['full_set_base']})"
+      base = results.get("full_set_base", 50)
+      if name.split("+")[0] == "full_set" and base != 50:
+        name = name.replace("full_set", f"full_set(+{base})", 1)
       lines.append(f"{name:<22}{100 * v['mAP']:>8.2f}"
                    f"{interval(v.get('mAP_ci95')):>15}"
                    f"{100 * v['top1']:>8.2f}"

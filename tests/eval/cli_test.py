@@ -34,19 +34,21 @@ def test_help(capsys):
   out = capsys.readouterr().out
   for flag in ("--workdir", "--config", "--step", "--untrained",
                "--baseline", "--det_thresh", "--query_mode",
-               "--gallery_sizes", "--no_cache", "eval_results.json"):
+               "--gallery_sizes", "--cws", "--no_cache", "eval_results.json"):
     assert flag in out
 
 
 def test_evaluates_the_checkpoint_with_overrides(workdir, capsys):
   assert eval_main.main(["--workdir", str(workdir), "--gallery_sizes",
-                         "20,full", "--det_thresh", "0.3"]) == 0
+                         "20,full", "--det_thresh", "0.3", "--cws"]) == 0
   out = capsys.readouterr().out
   assert "model=step_3" in out and "full_set(+10)" in out
+  assert "gallery_20+cws" in out and "full_set(+10)+cws" in out
   assert "gallery_10" not in out and "detection" in out
   results = json.loads((workdir / "eval_results.json").read_text())
   assert results["det_thresh"] == 0.3 and results["step"] == 3
-  assert {"search/gallery_20", "search/full_set"} <= set(results)
+  assert {"search/gallery_20", "search/full_set", "search/gallery_20+cws",
+          "search/full_set+cws"} <= set(results)
   assert f"results: {workdir / 'eval_results.json'}" in out
 
 

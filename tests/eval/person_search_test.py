@@ -90,6 +90,29 @@ def test_cuhk_hand_built():
   assert res.as_dict()["top5"] == 0.5
 
 
+def test_cws_weights_similarities_by_detection_scores():
+  gallery = _hand_gallery()
+  queries = _queries(lists=[["g0", "g1", "g2", "g3"]], pids=[1])
+  # Every kept detection scores 0.9: the order, and so AP and top-k, stay.
+  plain = ps.eval_search_cuhk(gallery, queries, gallery_sizes=[50])[50]
+  same = ps.eval_search_cuhk(gallery, queries, gallery_sizes=[50],
+                             cws=True)[50]
+  np.testing.assert_allclose(same.ap, plain.ap)
+  np.testing.assert_array_equal(same.hits, plain.hits)
+  # g0's other person scores 0.5: 0.81 P, 0.72 N, 0.54 P, 0.475 N, 0.45 N,
+  # 0.27 N: AP = (1 + 2/3) / 2 = 5/6, x the recall 2/3; top-1 hit.
+  gallery.dets[0][:, 4] = [0.9, 0.5, 0.9]
+  res = ps.eval_search_cuhk(gallery, queries, gallery_sizes=[50],
+                            cws=True)[50]
+  np.testing.assert_allclose(res.ap, [5 / 9])
+  np.testing.assert_array_equal(res.hits, [[1, 1, 1]])
+  assert ps.eval_search_cuhk(gallery, queries, gallery_sizes=[50]
+                             )[50].ap[0] == pytest.approx(1 / 3)
+  gallery.dets[0][:, 4] = [0.9, 1.5, 0.9]
+  with pytest.raises(ValueError, match=r"g0.*cws needs detection scores"):
+    ps.eval_search_prw(gallery, queries, cws=True)
+
+
 def test_small_box_rule():
   # IoU 0.4 matches the 10x20 target (threshold 1/3) but not a 50x100 one.
   np.testing.assert_allclose(ps.small_box_iou_thresh(

@@ -68,3 +68,22 @@ def test_default_duplicates_rule_is_seqnet_and_unknown_rules_fail():
   assert protocols.EvalOptions().duplicates == "seqnet"
   with pytest.raises(ValueError, match="eval.duplicates='twice'"):
     protocols.EvalOptions(duplicates="twice")
+
+
+def test_cws_adds_confidence_weighted_rows():
+  """With g1's detection at score 0.5, CWS ranks the target (0.9 x 1)
+  above it (0.95 x 0.5): top-1, AP 1 x the recall 1/2 (SeqNet rule)."""
+  gallery, queries, gal, qry = _duplicated_split()
+  gal.scores[1] = 0.5
+  options = protocols.EvalOptions(det_thresh=0.5, gallery_sizes=(3,),
+                                  cws=True)
+  res = protocols.run_protocols(options, "cuhk", gallery, queries, gal, qry,
+                                with_detection=False)
+  assert res["search/gallery_3"]["mAP"] == pytest.approx(0.25)
+  assert res["search/gallery_3"]["top1"] == 0.0
+  assert res["search/gallery_3+cws"]["mAP"] == pytest.approx(0.5)
+  assert res["search/gallery_3+cws"]["top1"] == 1.0
+  plain = protocols.run_protocols(protocols.EvalOptions(
+      det_thresh=0.5, gallery_sizes=(3,)), "cuhk", gallery, queries, gal, qry,
+                                  with_detection=False)
+  assert "search/gallery_3+cws" not in plain
