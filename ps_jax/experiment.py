@@ -16,7 +16,8 @@ the evaluator and the systems take the built system and typed options.
   optim            ps_jax.train.optim.OptimOptions
   run              RunOptions
   eval             ps_jax.eval.protocols.EvalOptions
-  init_from        str (a local weights file, or "")
+  init_from        str (a local weights file, or ""; for IDE also a trained
+                   detector's workdir: IDE_det)
 
 Every value is checked here, once, before a dataset is built or anything is
 compiled: `from_config` raises ConfigError naming the field, the value and
@@ -162,7 +163,8 @@ class Experiment:
     optim: the optimizer settings.
     run: loop length, cadence and seed.
     eval: the evaluation protocol options.
-    init_from: a local pretrained-weights file, or "".
+    init_from: a local pretrained-weights file (for IDE also a trained
+      detector's workdir, IDE_det), or "".
     config: the whole config as plain JSON data; saved with every checkpoint
       so that evaluation and search rebuild the same experiment.
   """

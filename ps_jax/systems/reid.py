@@ -26,12 +26,14 @@ Embedding (`embed`): the descriptor in prediction mode, L2-normalised;
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ps_jax import checks
@@ -140,10 +142,15 @@ class ReIDSystem:
   def init_from(self, variables: Any, path: str, *,
                 normalization: str) -> Any:
     """ImageNet weights into the trunk (IDE: a torchvision/caffe ResNet;
-    GLAD: torchvision's GoogLeNet, or a ResNet-50 for the ResNet trunk), or
-    a whole trained MLFN from a torchreid state dict."""
+    GLAD: torchvision's GoogLeNet, or a ResNet-50 for the ResNet trunk), a
+    whole trained MLFN from a torchreid state dict, or, for IDE, the
+    backbone of a trained ps_jax detector (`path` its workdir: IDE_det,
+    `init_from_detector`)."""
     where = f"init_from={path!r}"
     model = self.model
+    if isinstance(model, ide_lib.IDE) and os.path.isdir(path):
+      return init_from_detector(variables, path, normalization=normalization,
+                                model=model)
     if isinstance(model, ide_lib.IDE):
       variables, _ = pretrained.init_backbone_from_file(
           variables, path, style=model.style, backbone_norm=model.norm,
@@ -219,6 +226,85 @@ class ReIDSystem:
     return vectors.l2_normalize(self.features(variables, batch))
 
 
+def init_from_detector(variables: Any, workdir: str, *,
+                       normalization: str, model: Any = None) -> Any:
+  """IDE_det (the PRW paper's "cascaded fine-tuning"): the ResNet backbone
+  of a trained ps_jax person-search model (AlignPS, OIM) into IDE's.
+
+  Every array under `backbone` in each collection of `variables` whose
+  path also exists in the detector's checkpoint takes the detector's value;
+  the others keep their initialisation (OIM's backbone ends at C4: its
+  last stage lives in its box head, so IDE's layer4 stays fresh), and the
+  log names them. The classifier always keeps its init.
+
+  Args:
+    variables: IDE's {"params": ..., ["frozen_bn": ...]}; not modified.
+    workdir: the detector's training workdir (its newest checkpoint is
+      read, `checkpoint.restore_variables`).
+    normalization: IDE's data normalization; it must be the detector's.
+    model: the IDE, whose `depth` and `style` must be the detector's (a
+      caffe and a pytorch ResNet have the same shapes but not the same
+      function); None skips that check.
+  Raises:
+    ValueError (starting `init_from=<workdir>`): another input
+      normalization, depth, style or norm, an array of another shape, or no
+      array in common.
+  """
+  # pylint: disable=g-import-not-at-top
+  from absl import logging
+  from ps_jax import checkpoint
+  from ps_jax.models import weights
+  # pylint: enable=g-import-not-at-top
+  where = f"init_from={workdir!r}"
+  config, detector, step = checkpoint.restore_variables(workdir)
+  theirs_norm = (config.get("data") or {}).get("normalization")
+  if theirs_norm != normalization:
+    raise ValueError(f"{where}: the detector was trained on "
+                     f"data.normalization={theirs_norm!r}, this config uses "
+                     f"{normalization!r}; set data.normalization to the "
+                     "detector's")
+  det_model = config.get("model") or {}
+  for key in ("depth", "style") if model is not None else ():
+    if key in det_model and det_model[key] != getattr(model, key):
+      raise ValueError(f"{where}: the detector's backbone has {key}="
+                       f"{det_model[key]!r}, IDE's {getattr(model, key)!r}; "
+                       f"set model.{key} to the detector's")
+  ours_cols = sorted(c for c, t in variables.items() if "backbone" in t)
+  theirs_cols = sorted(c for c, t in detector.items() if "backbone" in t)
+  if ours_cols != theirs_cols:
+    raise ValueError(f"{where}: the detector's backbone has collections "
+                     f"{theirs_cols}, IDE's {ours_cols}: another norm (set "
+                     "model.norm to the detector's backbone_norm)")
+  new = dict(variables)
+  imported, kept, shapes = [], [], []
+  for collection, tree in variables.items():
+    if "backbone" not in tree:
+      continue
+    theirs = weights.leaves(detector.get(collection, {}).get("backbone", {}))
+    for p, leaf in weights.leaves(tree["backbone"]).items():
+      name = "/".join((collection, "backbone") + p)
+      if p not in theirs:
+        kept.append(name)
+      elif tuple(theirs[p].shape) != tuple(leaf.shape):
+        shapes.append(f"{name}: detector {tuple(theirs[p].shape)}, IDE "
+                      f"{tuple(leaf.shape)}")
+      else:
+        new[collection] = weights.set_path(
+            new[collection], ("backbone",) + p,
+            weights.as_like(np.asarray(theirs[p]), leaf))
+        imported.append(name)
+  if shapes:
+    raise ValueError(f"{where}: {len(shapes)} backbone array(s) differ in "
+                     f"shape (another width or depth?): {shapes}")
+  if not imported:
+    raise ValueError(f"{where}: no backbone array of the detector fits "
+                     "IDE's")
+  logging.info("IDE_det: %d backbone arrays from the detector at step %d "
+               "(%s); %d keep their init: %s", len(imported), step, workdir,
+               len(kept), kept)
+  return new
+
+
 def from_options(name: str, *, model: Mapping[str, Any],
                  loss: Mapping[str, Any], predict: Mapping[str, Any],
                  num_ids: int) -> ReIDSystem:
@@ -242,4 +328,4 @@ def from_options(name: str, *, model: Mapping[str, Any],
 
 
 __all__ = ["MODELS", "ReIDLoss", "ReIDSystem", "from_options",
-           "identity_loss"]
+           "identity_loss", "init_from_detector"]

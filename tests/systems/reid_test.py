@@ -137,3 +137,53 @@ def test_mlfn_import_needs_torchreids_block(model, match):
   with pytest.raises(ValueError, match=match):
     system.init_from({}, "/nonexistent/mlfn.npz",
                      normalization="imagenet_rgb")
+
+
+def _ide_like_tiny_alignps(**overrides):
+  """An IDE whose ResNet is configs/synthetic_tiny.py's backbone."""
+  model = dict(depth=18, width_multiplier=0.125, style="pytorch",
+               norm="group")
+  model.update(overrides)
+  system = reid.from_options("ide", model=model, loss={}, predict={},
+                             num_ids=3)
+  variables, _ = system.init(jax.random.key(0),
+                             np.zeros((1, 64, 32, 3), np.float32))
+  return system, variables
+
+
+def test_ide_det_takes_the_detectors_backbone(tiny_checkpoint):
+  """IDE_det: every backbone array comes from the AlignPS checkpoint
+  (same depth, width, style and norm), the classifier keeps its init."""
+  from ps_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from ps_jax.models import weights  # pylint: disable=g-import-not-at-top
+  _, detector, _ = checkpoint.restore_variables(tiny_checkpoint)
+  system, variables = _ide_like_tiny_alignps()
+  new = system.init_from(variables, str(tiny_checkpoint),
+                         normalization="imagenet_rgb")
+  ours = weights.leaves(new["params"]["backbone"])
+  theirs = weights.leaves(detector["params"]["backbone"])
+  assert ours and set(ours) <= set(theirs)
+  for path, value in ours.items():
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(theirs[path]))
+  # The initialisation differed, so the copy is visible.
+  before = weights.leaves(variables["params"]["backbone"])
+  assert any(np.any(np.asarray(before[p]) != np.asarray(theirs[p]))
+             for p in ours)
+  np.testing.assert_array_equal(
+      np.asarray(new["params"]["classifier"]["kernel"]),
+      np.asarray(variables["params"]["classifier"]["kernel"]))
+
+
+@pytest.mark.parametrize("overrides, normalization, match", [
+    ({}, "caffe_bgr", "normalization='imagenet_rgb'"),
+    ({"width_multiplier": 0.25}, "imagenet_rgb", "differ in shape"),
+    ({"norm": "frozen"}, "imagenet_rgb", "another norm"),
+    ({"style": "caffe"}, "imagenet_rgb", "style='pytorch'"),
+    ({"depth": 50}, "imagenet_rgb", "depth=18"),
+])
+def test_ide_det_names_what_does_not_fit(tiny_checkpoint, overrides,
+                                         normalization, match):
+  system, variables = _ide_like_tiny_alignps(**overrides)
+  with pytest.raises(ValueError, match=match):
+    system.init_from(variables, str(tiny_checkpoint),
+                     normalization=normalization)
