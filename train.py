@@ -156,11 +156,20 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _check_init_from(config: ml_collections.ConfigDict,
                      workdir: pathlib.Path) -> None:
   """The pretrained weights a fresh run starts from must exist (a resumed
-  run does not read them)."""
+  run does not read them): a file, or for IDE (IDE_det) a trained
+  detector's workdir."""
   from ps_jax import experiment  # pylint: disable=g-import-not-at-top
   path = config.get("init_from") or ""
-  if (isinstance(path, str) and path and not os.path.isfile(path)
-      and not (workdir / "ckpt").is_dir()):
+  if not isinstance(path, str) or not path or (workdir / "ckpt").is_dir():
+    return
+  if config.get("system") == "ide":
+    if not (os.path.isfile(path)
+            or os.path.isdir(os.path.join(path, "ckpt"))):
+      raise experiment.ConfigError(
+          f"init_from={path!r}; expected an existing weights file, a "
+          "trained detector's workdir (IDE_det), or '' to train from "
+          "scratch")
+  elif not os.path.isfile(path):
     raise experiment.ConfigError(
         f"init_from={path!r}; expected an existing weights file, or '' to "
         "train from scratch")

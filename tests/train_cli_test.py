@@ -101,6 +101,23 @@ def test_a_bad_value_is_one_line_before_anything_is_built(
   assert not workdir.exists() and not (tmp_path / "tfds").exists()
 
 
+@pytest.mark.parametrize("config, message", [
+    ("configs/synthetic_tiny.py", "expected an existing weights file, or ''"),
+    ("configs/ide_synthetic_tiny.py", "a trained detector's workdir"),
+])
+def test_init_from_must_exist(tmp_path, config, message):
+  """A folder is no weights file; for IDE a folder must hold a checkpoint
+  (IDE_det)."""
+  folder = tmp_path / "not_a_run"
+  folder.mkdir()
+  workdir = tmp_path / "run"
+  proc = _train(f"--config={config}", f"--config.init_from={folder}",
+                f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+                f"--workdir={workdir}")
+  assert message in _one_line_error(proc)
+  assert not (tmp_path / "tfds").exists()
+
+
 def _logged_config(stderr: str) -> dict:
   """The config train.py logs at start-up (YAML), as plain data."""
   lines = stderr.splitlines()
