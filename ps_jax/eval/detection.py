@@ -114,6 +114,16 @@ def check_dets(dets: np.ndarray, where: str) -> np.ndarray:
   return dets
 
 
+def cws_weighted(feats: np.ndarray, scores: np.ndarray, where: str
+                 ) -> np.ndarray:
+  """[n, D] embeddings x their [n] detection scores (CWS), which must lie
+  in [0, 1] (ValueError naming `where`)."""
+  if len(scores) and (scores.min() < 0 or scores.max() > 1):
+    raise ValueError(f"{where}: cws needs detection scores in [0, 1], got "
+                     f"[{scores.min():g}, {scores.max():g}].")
+  return feats * np.asarray(scores)[:, None].astype(feats.dtype)
+
+
 def check_gt(boxes: np.ndarray, pids: np.ndarray | None,
              where: str) -> tuple[np.ndarray, np.ndarray]:
   """GT boxes f64[m, 4] and pids i64[m]; raises naming `where` otherwise."""

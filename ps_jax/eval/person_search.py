@@ -21,11 +21,8 @@ core), see docs/evaluation.md, without CBGM. Per query:
   * top-k (k = 1, 5, 10) = 1 if a true positive is among the k most similar
     detections.
 
-`cws=True` ranks by Confidence Weighted Similarity (the PRW paper; SeqNet
-multiplies the gallery embeddings by the box scores the same way): each
-gallery detection's similarity is multiplied by its detection score, which
-must lie in [0, 1]. The true positive of an image is then the detection
-with the highest weighted similarity.
+`cws=True`: Confidence Weighted Similarity (the PRW paper, as SeqNet
+applies it), similarity x detection score (`detection.cws_weighted`).
 
 CUHK-SYSU: the gallery of a query is its `TestG<n>` list of image ids
 (`Queries.galleries[n]`). SeqNet quirks, reproduced by default:
@@ -301,12 +298,8 @@ def _flatten(gallery: Gallery, det_thresh: float,
     counts[i] = int(keep.sum())
     if counts[i] < len(det):  # copy only when something is dropped
       det, feat = det[keep], feat[keep]
-    if cws and len(det):
-      score = det[:, 4]
-      if score.min() < 0 or score.max() > 1:
-        raise ValueError(f"{where}: cws needs detection scores in [0, 1], "
-                         f"got [{score.min():g}, {score.max():g}].")
-      feat = feat * score[:, None].astype(feat.dtype)
+    if cws:
+      feat = detection.cws_weighted(feat, det[:, 4], where)
     boxes.append(det[:, :4])
     feats.append(feat)
     b, p = detection.check_gt(gallery.gt_boxes[i], gallery.gt_pids[i], where)

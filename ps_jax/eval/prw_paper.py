@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ps_jax.eval import detection
 from ps_jax.eval import reid as reid_lib
 from ps_jax.ops import boxes as box_ops
 
@@ -183,7 +184,7 @@ def evaluate(query_feats: np.ndarray, query_pids: np.ndarray,
   keep = gallery.scores >= score_threshold
   feats = gallery.feats[keep]
   if cws:
-    feats = feats * gallery.scores[keep, None]
+    feats = detection.cws_weighted(feats, gallery.scores[keep], "gallery")
   return reid_lib.eval_reid_market(
       query_feats, query_pids, query_cams, feats, gallery.labels[keep],
       gallery.cams[keep], junk_pids=JUNK_PIDS, ap_method="trapezoid",

@@ -35,11 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from ps_jax import checks
 from ps_jax import pretrained
 from ps_jax.losses import triplet
 from ps_jax.models import googlenet
+from ps_jax.models import weights
 from ps_jax.models.reid import glad as glad_lib
 from ps_jax.models.reid import ide as ide_lib
 from ps_jax.models.reid import mlfn as mlfn_lib
@@ -250,11 +252,8 @@ def init_from_detector(variables: Any, workdir: str, *,
       normalization, depth, style or norm, an array of another shape, or no
       array in common.
   """
-  # pylint: disable=g-import-not-at-top
-  from absl import logging
-  from ps_jax import checkpoint
-  from ps_jax.models import weights
-  # pylint: enable=g-import-not-at-top
+  # Here, not at the top: checkpoint loads orbax and grain.
+  from ps_jax import checkpoint  # pylint: disable=g-import-not-at-top
   where = f"init_from={workdir!r}"
   config, detector, step = checkpoint.restore_variables(workdir)
   theirs_norm = (config.get("data") or {}).get("normalization")

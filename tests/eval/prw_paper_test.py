@@ -88,6 +88,9 @@ def test_evaluate_by_hand():
   r = prw_paper.evaluate(**QUERY, gallery=g, score_threshold=0.95)
   assert r.mAP == pytest.approx(0.5)
   assert r.cmc[1] == 1.0
+  g.scores[1] = 1.5  # CWS needs scores in [0, 1]
+  with pytest.raises(ValueError, match="cws needs detection scores"):
+    prw_paper.evaluate(**QUERY, gallery=g, cws=True)
 
 
 def test_num_good_below_the_found_entries_is_an_error():
