@@ -15,6 +15,10 @@ sizes as HxW (--config.data.train_scales=256x256,320x320, or one bucket
 False,True,True,True); the Python form '(256, 256),(320, 320)' works too.
 Every value is checked before anything is built or compiled.
 
+A two-step config (configs/two_step_*.py) trains its detector and its
+re-ID net, each in its own workdir, unless a finished checkpoint is there,
+then evaluates the pair into --workdir (docs/two_step.md).
+
 Re-running with the same --workdir resumes from its latest checkpoint
 (--allow_config_change to resume with another recipe); at the end the
 evaluation protocol of the dataset runs and its table is printed and written
@@ -199,8 +203,13 @@ def main(argv):
     _check_init_from(FLAGS.config, workdir)
     # The config stops here: below, everything takes built, typed objects.
     exp = experiment.from_config(FLAGS.config)
-    loop.train_and_evaluate(exp, str(workdir),
-                            allow_config_change=FLAGS.allow_config_change)
+    if exp.stages is not None:  # two-step: each stage, then the pipeline
+      from ps_jax.train import stages  # pylint: disable=g-import-not-at-top
+      stages.train_and_evaluate(exp, str(workdir),
+                                allow_config_change=FLAGS.allow_config_change)
+    else:
+      loop.train_and_evaluate(exp, str(workdir),
+                              allow_config_change=FLAGS.allow_config_change)
   except _user_errors() as e:
     if FLAGS.verbosity >= 1 or experiment.show_traceback():
       raise

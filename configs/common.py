@@ -259,3 +259,35 @@ def reid_evaluation() -> ml_collections.ConfigDict:
   """Crop re-ID evaluation: the Market-1501 protocol, cosine and Euclidean
   rankings (`ps_jax.eval.crop_reid`); no options to set."""
   return ml_collections.ConfigDict()
+
+
+# --------------------------------------------------------------- two-step
+
+
+def two_step(detector: ml_collections.ConfigDict,
+             reid: ml_collections.ConfigDict, *, detector_workdir: str = "",
+             reid_workdir: str = "", max_crops: int = 20,
+             crop_sampling: int = 4, cws: bool = True
+             ) -> ml_collections.ConfigDict:
+  """A two-step experiment (`ps_jax.systems.two_step`): two whole configs,
+  each trained into its workdir ('' for <workdir>/detector, <workdir>/reid)
+  unless a finished checkpoint is there, then evaluated together on the
+  detector's dataset, data and protocol (its eval section without the
+  detector's own predict keys, which stay in detector.eval), with and
+  without CWS. The crop size is the re-ID config's `data.image_hw`."""
+  c = base(system="two_step")
+  del c.init_from  # the stages have their own
+  c.detector = detector
+  c.reid = reid
+  c.detector_workdir = detector_workdir
+  c.reid_workdir = reid_workdir
+  c.dataset = ml_collections.ConfigDict(detector.dataset.to_dict())
+  c.data = ml_collections.ConfigDict(detector.data.to_dict())
+  c.model = ml_collections.ConfigDict(dict(max_crops=max_crops,
+                                           crop_sampling=crop_sampling))
+  protocol = ("det_thresh", "gallery_sizes", "duplicates")
+  c.eval = ml_collections.ConfigDict(
+      {k: v for k, v in detector.eval.to_dict().items() if k in protocol})
+  c.eval.cws = cws
+  c.run = ml_collections.ConfigDict(dict(seed=0, eval_at_end=True))
+  return c

@@ -18,6 +18,10 @@ the evaluator and the systems take the built system and typed options.
   eval             ps_jax.eval.protocols.EvalOptions
   init_from        str (a local weights file, or ""; for IDE also a trained
                    detector's workdir: IDE_det)
+  detector, reid   two whole experiment configs, for the two-step system
+                   (`system="two_step"`): built as experiments of their own
+                   (`Experiment.stages`); `model` then holds the two-step
+                   options (`ps_jax.systems.two_step.TwoStepOptions`)
 
 Every value is checked here, once, before a dataset is built or anything is
 compiled: `from_config` raises ConfigError naming the field, the value and
@@ -29,6 +33,7 @@ the traceback instead.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -44,10 +49,13 @@ from ps_jax.data import crops
 from ps_jax.data import pipeline
 from ps_jax.eval import protocols
 from ps_jax.systems import base
+from ps_jax.systems import two_step
 from ps_jax.train import config_check
 from ps_jax.train import optim
 
 DEFAULT_SYSTEM = "alignps"
+TWO_STEP = "two_step"
+STAGES = ("detector", "reid")
 # Set to 1 to see the traceback of errors the entry points print as one line.
 TRACEBACK_ENV = "PS_JAX_TRACEBACK"
 
@@ -151,6 +159,19 @@ class RunOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class TwoStepRunOptions:
+  """The `run` section of a two-step config: its stages have their own
+  loops; `seed` initialises the untrained pair (`--untrained`)."""
+  seed: int = 0
+  eval_at_end: bool = True
+
+  def __post_init__(self):
+    _require(_integer(self.seed), "run.seed", self.seed, "an integer")
+    _require(isinstance(self.eval_at_end, bool), "run.eval_at_end",
+             self.eval_at_end, "True or False")
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
   """Everything a run needs, built once from a config.
 
@@ -161,23 +182,28 @@ class Experiment:
     dataset: which dataset.
     data: the input pipeline settings (batch sizes are global).
     optim: the optimizer settings.
-    run: loop length, cadence and seed.
+    run: loop length, cadence and seed (`TwoStepRunOptions` for the
+      two-step system).
     eval: the evaluation protocol options.
     init_from: a local pretrained-weights file (for IDE also a trained
       detector's workdir, IDE_det), or "".
     config: the whole config as plain JSON data; saved with every checkpoint
       so that evaluation and search rebuild the same experiment.
+    stages: for the two-step system, {"detector": Experiment, "reid":
+      Experiment}, each trained on its own (`ps_jax.train.stages`); else
+      None. `optim` is then None too.
   """
   system_name: str
   system: Any
   builder: Any
   dataset: DatasetOptions
   data: Any  # pipeline.PipelineConfig or crops.CropPipelineConfig
-  optim: optim.OptimOptions
-  run: RunOptions
+  optim: optim.OptimOptions | None
+  run: Any  # RunOptions, or TwoStepRunOptions
   eval: protocols.EvalOptions
   init_from: str
   config: Mapping[str, Any]
+  stages: Mapping[str, "Experiment"] | None = None
 
   @property
   def num_ids(self) -> int:
@@ -252,6 +278,8 @@ def from_config(config: Any, *, builder: Any | None = None,
       that rebuilds it).
   """
   plain = plain_config(config)
+  if plain.get("system") == TWO_STEP and system is None:
+    return _two_step_experiment(plain, builder, for_training)
   try:
     dataset = _typed_section("dataset", DatasetOptions,
                              _section(plain, "dataset"))
@@ -282,6 +310,66 @@ def from_config(config: Any, *, builder: Any | None = None,
       system_name=name, system=system, builder=builder, dataset=dataset,
       data=data, optim=optim_opts, run=run, eval=eval_opts,
       init_from=init_from, config=plain)
+
+
+def _two_step_experiment(plain: dict[str, Any], builder: Any,
+                         for_training: bool) -> Experiment:
+  """The two-step experiment: its `detector` and `reid` configs built as
+  experiments (a top-level `dataset.data_dir` is the default of both), the
+  system from their systems and the `model` section (`crop_hw` defaults to
+  the re-ID config's `data.image_hw`), and its own dataset, data, run and
+  eval sections (what it is evaluated on)."""
+  try:
+    top_dir = (_section(plain, "dataset").get("data_dir") or "")
+    stages = {}
+    for name in STAGES:
+      stage = plain.get(name)
+      _require(isinstance(stage, Mapping), name, stage,
+               "a whole experiment config (a configs/*.py get_config())")
+      stage = copy.deepcopy(dict(stage))
+      if top_dir and not (stage.get("dataset") or {}).get("data_dir"):
+        stage["dataset"] = {**stage.get("dataset", {}), "data_dir": top_dir}
+      stages[name] = from_config(stage, for_training=for_training)
+    for name in ("detector_workdir", "reid_workdir"):
+      _require(isinstance(plain.get(name, ""), str), name, plain.get(name),
+               "a folder path, or '' for <workdir>/" + name[:-8])
+    det, reid = stages["detector"], stages["reid"]
+    _require(det.data.normalization == reid.data.normalization,
+             "reid.data.normalization", reid.data.normalization,
+             f"the detector's ({det.data.normalization!r}): crops are cut "
+             "from the detector's normalized input")
+    model = dict(plain.get("model") or {})
+    model.setdefault("crop_hw", list(reid.data.image_hw))
+    system = two_step.from_parts(det.system, reid.system, model)
+    dataset = _typed_section("dataset", DatasetOptions,
+                             _section(plain, "dataset"))
+    data = pipeline.PipelineConfig.from_config(_section(plain, "data"))
+    run = _typed_section("run", TwoStepRunOptions, _section(plain, "run"))
+    eval_opts = eval_options(plain)
+    unknown = sorted(k for k in _section(plain, "eval")
+                     if k not in {f.name for f in dataclasses.fields(
+                         protocols.EvalOptions)})
+    _require(not unknown, "eval", unknown, "no predict keys: the "
+             "detector's are in detector.eval")
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  builder = builder if builder is not None else dataset.load_builder()
+  return Experiment(
+      system_name=TWO_STEP, system=system, builder=builder, dataset=dataset,
+      data=data, optim=None, run=run, eval=eval_opts, init_from="",
+      config=plain, stages=stages)
+
+
+def stage_workdirs(exp: Experiment, workdir: str | pathlib.Path
+                   ) -> dict[str, pathlib.Path]:
+  """{"detector": folder, "reid": folder} of a two-step experiment: the
+  config's `detector_workdir` / `reid_workdir`, or `<workdir>/detector`
+  and `<workdir>/reid` where they are ''."""
+  return {name: pathlib.Path(exp.config.get(f"{name}_workdir") or
+                             pathlib.Path(workdir) / name)
+          for name in STAGES}
 
 
 def is_crop_reid(config: Any) -> bool:
@@ -446,9 +534,79 @@ def load_config_file(spec: str) -> Any:
   return module.get_config(arg) if arg else module.get_config()
 
 
+def is_two_step_workdir(workdir: str | pathlib.Path) -> bool:
+  """Whether `workdir` is a two-step run's: no checkpoint of its own, and a
+  config.json naming the two-step system."""
+  path = pathlib.Path(workdir)
+  if (path / "ckpt").is_dir() or not (path / "config.json").is_file():
+    return False
+  return read_workdir_config(path).get("system") == TWO_STEP
+
+
+def read_workdir_config(workdir: str | pathlib.Path) -> dict[str, Any]:
+  """The config a run wrote to `<workdir>/config.json`.
+
+  Raises:
+    WorkdirError: the file is not JSON (named).
+  """
+  path = pathlib.Path(workdir) / "config.json"
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise WorkdirError(f"{path}: not a JSON config ({e})") from e
+
+
+def check_stage_checkpoint(name: str, folder: str | pathlib.Path,
+                           saved: Mapping[str, Any],
+                           ours: Mapping[str, Any]) -> None:
+  """ConfigError unless the checkpoint in a stage's folder (config `saved`)
+  was trained with the system and model of the stage's config `ours`: a
+  reused workdir of another run would otherwise be predicted with."""
+  for key, default in (("system", DEFAULT_SYSTEM), ("model", None)):
+    if saved.get(key, default) != ours.get(key, default):
+      raise ConfigError(
+          f"{name}_workdir={str(folder)!r} holds a checkpoint of another "
+          f"{key} than {name}.{key} of this config (checkpoint: "
+          f"{saved.get(key, default)!r}, config: "
+          f"{ours.get(key, default)!r}); point {name}_workdir at a run of "
+          f"this {name} config, or at a new folder to train one")
+
+
+def restore_stages(exp: Experiment, workdir: str | pathlib.Path
+                   ) -> tuple[dict[str, Any], dict[str, int]]:
+  """The newest checkpoints of a two-step experiment's stages.
+
+  Returns:
+    ({"detector": variables, "reid": variables}, {"detector": step, "reid":
+    step}).
+  Raises:
+    FileNotFoundError: a stage has no checkpoint (named, with the command
+      that trains it).
+    ConfigError: a stage's checkpoint was trained with another model or
+      system than the two-step config names (a reused workdir of another
+      run).
+  """
+  from ps_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  variables, steps = {}, {}
+  for name, folder in stage_workdirs(exp, workdir).items():
+    if not (folder / "ckpt").is_dir():
+      raise FileNotFoundError(
+          f"{name}: no checkpoint in {folder / 'ckpt'}: train the stages "
+          f"first (python train.py --config=<this two-step config> "
+          f"--workdir={workdir})")
+    saved, variables[name], steps[name] = checkpoint.restore_variables(
+        folder)
+    check_stage_checkpoint(name, folder, saved, exp.stages[name].config)
+  return variables, steps
+
+
 def restore(workdir: str | pathlib.Path, step: int | None = None, *,
             config: Any | None = None) -> tuple[Experiment, Any, int]:
   """The experiment, model variables and step of a workdir's checkpoint.
+
+  A two-step workdir (`is_two_step_workdir`) has no checkpoint of its own:
+  its stages' newest checkpoints are restored (`restore_stages`) and the
+  step returned is the detector's.
 
   Args:
     workdir: a training workdir.
@@ -460,6 +618,12 @@ def restore(workdir: str | pathlib.Path, step: int | None = None, *,
     FileNotFoundError: no checkpoint (for that step) in `workdir`.
   """
   from ps_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  if config is None and is_two_step_workdir(workdir):
+    config = read_workdir_config(workdir)
+  if config is not None and plain_config(config).get("system") == TWO_STEP:
+    exp = from_config(config, for_training=False)
+    variables, steps = restore_stages(exp, workdir)
+    return exp, variables, steps["detector"]
   saved, variables, step = checkpoint.restore_variables(workdir, step)
   return (from_config(saved if config is None else config,
                       for_training=False), variables, step)

@@ -5,6 +5,11 @@
   python -m ps_jax.eval --workdir workdir/synthetic --untrained
   python -m ps_jax.eval --workdir workdir/synthetic --baseline color_hist
   python -m ps_jax.eval --workdir /tmp/w --config configs/alignps_cuhk.py
+  python -m ps_jax.eval --workdir workdir/two_step_synthetic --cws
+
+A two-step run's workdir (configs/two_step_*.py) has no checkpoint of its
+own: the newest checkpoints of its detector's and re-ID net's workdirs are
+evaluated together.
 
 The config is the one saved with the checkpoint unless --config names a
 config file (`path.py` or `path.py:arg`); --det_thresh, --query_mode, --cws,
@@ -193,6 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   from ps_jax import mesh as mesh_lib
   from ps_jax import systems
   from ps_jax.eval import run as run_lib
+  from ps_jax.train import stages
   # pylint: enable=g-import-not-at-top
 
   mesh_lib.maybe_initialize_distributed()
@@ -203,19 +209,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   cache_dir = _cache_dir(workdir, args.output)
   config = experiment.load_config_file(args.config) if args.config else None
   needs_checkpoint = not (args.untrained or args.baseline)
-  if (needs_checkpoint or config is None) and not (workdir / "ckpt").is_dir():
+  # A two-step run's workdir holds its config, its stages the checkpoints.
+  if config is None and experiment.is_two_step_workdir(workdir):
+    config = experiment.read_workdir_config(workdir)
+  two_step = (config is not None and experiment.plain_config(config).get(
+      "system") == experiment.TWO_STEP)
+  if (not two_step and (needs_checkpoint or config is None)
+      and not (workdir / "ckpt").is_dir()):
     raise FileNotFoundError(
         f"no checkpoint in {workdir / 'ckpt'}: train first (python train.py "
         f"--workdir {workdir})" + ("" if needs_checkpoint else
                                    ", or pass --config"))
   variables, step = None, args.step
-  if needs_checkpoint:
+  if needs_checkpoint and not two_step:
     saved, variables, step = checkpoint.restore_variables(workdir, step)
     config = config or saved
   elif config is None:
     config = _checkpoint_config(workdir, step)
   exp = experiment.from_config(_with_overrides(config, args),
                                for_training=False)
+  label = f"step_{step}"
+  if two_step and needs_checkpoint:
+    variables, steps = experiment.restore_stages(exp, workdir)
+    label, step = stages.label(steps), None
   data = run_lib.EvalData(exp.builder, exp.dataset.label, exp.data)
   common = dict(data=data, options=exp.eval, workdir=workdir,
                 use_cache=not args.no_cache, cache_dir=cache_dir)
@@ -231,7 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         output=args.output or workdir / "eval_results_untrained.json",
         **common)
   return run_lib.evaluate(exp.system, variables, mesh=mesh,
-                          label=f"step_{step}", step=step,
+                          label=label, step=step,
                           output=args.output, **common)
 
 

@@ -78,7 +78,7 @@ def _axis_taps(start, bin_size, grid, size, out_n, max_grid):
 
 
 def _pool(flat, base, boxes, height, width, out_hw, spatial_scale,
-          sampling_ratio, aligned, max_grid):
+          sampling_ratio, aligned, max_grid, grid_slack=0.0):
   """Pools every box from the flattened maps.
 
   Args:
@@ -89,6 +89,7 @@ def _pool(flat, base, boxes, height, width, out_hw, spatial_scale,
     out_hw: (oh, ow).
     spatial_scale, sampling_ratio, aligned: as in `roi_align`.
     max_grid: (gy, gx) static bounds of the adaptive grid.
+    grid_slack: the adaptive grid is ceil(roi / bins - grid_slack).
 
   Returns:
     f32[R, oh, ow, C].
@@ -107,8 +108,10 @@ def _pool(flat, base, boxes, height, width, out_hw, spatial_scale,
     max_h = max_w = sampling_ratio
   else:
     max_h, max_w = max_grid
-    grid_h = jnp.minimum(jnp.ceil(roi_h / oh).astype(jnp.int32), max_h)
-    grid_w = jnp.minimum(jnp.ceil(roi_w / ow).astype(jnp.int32), max_w)
+    grid_h = jnp.minimum(jnp.ceil(roi_h / oh - grid_slack).astype(jnp.int32),
+                         max_h)
+    grid_w = jnp.minimum(jnp.ceil(roi_w / ow - grid_slack).astype(jnp.int32),
+                         max_w)
   iy, wy = _axis_taps(y1, roi_h / oh, grid_h, height, oh, max_h)
   ix, wx = _axis_taps(x1, roi_w / ow, grid_w, width, ow, max_w)
   count = jnp.maximum(jnp.maximum(grid_h, 0) * jnp.maximum(grid_w, 0), 1)
@@ -165,6 +168,7 @@ def roi_align(
     aligned: bool = False,
     *,
     max_sampling_grid: Union[int, Sequence[int], None] = None,
+    grid_slack: float = 0.0,
 ) -> jax.Array:
   """Pools a fixed-size feature patch for each box (torchvision semantics).
 
@@ -181,6 +185,10 @@ def roi_align(
     aligned: shift boxes by -0.5 feature pixels (Detectron2's ROIAlignV2).
     max_sampling_grid: static cap (int or (gh, gw)) of the adaptive grid; by
       default ceil(H / oh) and ceil(W / ow). Ignored when sampling_ratio > 0.
+    grid_slack: the adaptive grid is ceil(roi_size / output_size -
+      grid_slack): 0 is torchvision's; a small slack keeps a box that is an
+      integer multiple of the output size, up to float rounding, on that
+      multiple's grid (`crop_and_resize`).
 
   Returns:
     f32[R, oh, ow, C] for f32[R, 5] boxes, f32[B, R, oh, ow, C] for
@@ -208,7 +216,7 @@ def roi_align(
   flat = features.reshape(batch * height * width, -1)  # [B*H*W, C]
   pool = lambda base, xyxy: _pool(flat, base, xyxy, height, width, out_hw,
                                   spatial_scale, sampling_ratio, aligned,
-                                  max_grid)
+                                  max_grid, grid_slack)
 
   if boxes.ndim == 2 and boxes.shape[1] == 5:
     index = boxes[:, 0].astype(jnp.int32)
@@ -227,3 +235,41 @@ def roi_align(
   raise ValueError(
       f"roi_align: boxes must be f32[R, 5] (batch_index, x1, y1, x2, y2) or "
       f"f32[B={batch}, R, 4], got shape {boxes.shape}.")
+
+
+def crop_and_resize(
+    images: jax.Array,
+    boxes: jax.Array,
+    output_hw: Sequence[int],
+    *,
+    max_sampling_grid: Union[int, Sequence[int]] = 4,
+) -> jax.Array:
+  """Boxes cut from images and resized to `output_hw`, aspect not kept.
+
+  The crop a re-ID net sees (a detector's box resized to (h, w) as
+  torchvision's `Resize((h, w))` does to a crop), batched and with static
+  shapes. It is `roi_align` on pixels with `aligned=True`: output pixel
+  (i, j) averages a grid of bilinear samples at the sub-pixel centres of
+  the box's (i, j)-th bin, ceil(box_h / h) x ceil(box_w / w) of them (at
+  most `max_sampling_grid` per axis). Enlarging, that is one bilinear
+  sample at each bin centre (`jax.image.resize`'s bilinear on the crop);
+  shrinking by an integer factor up to the grid cap, the exact mean of the
+  source pixels' interpolants (a box filter), so small crops do not alias.
+  Samples outside the image read the edge pixel (within 1 pixel) or 0.
+  The grid is ceil(box / output - 1e-3): a box that is an integer multiple
+  of the output size up to float rounding (its coordinates scaled from the
+  original image inside a jitted step, say) keeps that multiple's grid
+  rather than flipping to one more sample per pixel, which would blur it.
+
+  Args:
+    images: f32[B, H, W, C].
+    boxes: f32[B, R, 4] xyxy in pixels of `images` (pixel (0, 0) spans
+      [0, 1) x [0, 1)).
+    output_hw: (h, w) of each crop.
+    max_sampling_grid: static cap of samples per output pixel and axis.
+  Returns:
+    f32[B, R, h, w, C].
+  """
+  return roi_align(images, boxes, tuple(int(v) for v in output_hw),
+                   spatial_scale=1.0, sampling_ratio=-1, aligned=True,
+                   max_sampling_grid=max_sampling_grid, grid_slack=1e-3)

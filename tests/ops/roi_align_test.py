@@ -210,3 +210,40 @@ def test_bad_inputs_raise():
     roi_align(feat, jnp.zeros((3, 5)), (2, 0))
   with pytest.raises(ValueError, match="features"):
     roi_align(jnp.zeros((4, 4, 1)), jnp.zeros((3, 5)), 2)
+
+
+class TestCropAndResize:
+  """`crop_and_resize`: boxes cut from pixels, checked on hand-worked cases."""
+
+  def setup_method(self):
+    self.img = np.random.default_rng(0).random((2, 40, 30, 3)).astype(
+        np.float32)
+
+  def test_integer_shrink_is_the_block_mean(self):
+    out = roi_align_lib.crop_and_resize(
+        self.img, np.array([[[4., 6., 20., 38.]]] * 2, np.float32), (16, 8))
+    for b in range(2):
+      ref = self.img[b, 6:38, 4:20].reshape(16, 2, 8, 2, 3).mean((1, 3))
+      np.testing.assert_allclose(out[b, 0], ref, atol=1e-6)
+
+  def test_a_box_of_the_output_size_is_the_slice(self):
+    out = roi_align_lib.crop_and_resize(
+        self.img, np.array([[[0., 0., 8., 8.], [4., 6., 20., 38.]],
+                            [[22., 32., 30., 40.], [1., 1., 17., 33.]]],
+                           np.float32), (32, 16))
+    np.testing.assert_allclose(out[0, 1], self.img[0, 6:38, 4:20], atol=1e-6)
+    np.testing.assert_allclose(out[1, 1], self.img[1, 1:33, 1:17], atol=1e-6)
+    assert out.shape == (2, 2, 32, 16, 3)
+
+  def test_enlarging_samples_bilinearly_at_bin_centres(self):
+    # A 2 x 2 box enlarged to 4 x 4: bins of 0.5 pixel whose centres sit at
+    # -0.25, 0.25, 0.75 and 1.25 pixel-centre units along each axis. The
+    # first is within a pixel of the edge (edge value), the last beyond the
+    # last pixel of the box but inside the image (interpolates onward).
+    img = np.zeros((1, 3, 3, 1), np.float32)
+    img[0, :, :, 0] = [[0., 1., 2.], [10., 11., 12.], [20., 21., 22.]]
+    out = roi_align_lib.crop_and_resize(img, np.array([[[0., 0., 2., 2.]]],
+                                                  np.float32), (4, 4))
+    pos = np.clip([-0.25, 0.25, 0.75, 1.25], 0, None)
+    ref = 10 * pos[:, None] + pos[None, :]  # bilinear of a linear image
+    np.testing.assert_allclose(out[0, 0, :, :, 0], ref, atol=1e-5)
