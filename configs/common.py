@@ -267,14 +267,16 @@ def reid_evaluation() -> ml_collections.ConfigDict:
 def two_step(detector: ml_collections.ConfigDict,
              reid: ml_collections.ConfigDict, *, detector_workdir: str = "",
              reid_workdir: str = "", max_crops: int = 20,
-             crop_sampling: int = 4, cws: bool = True
-             ) -> ml_collections.ConfigDict:
+             crop_sampling: int = 4, cws: bool = True,
+             prw_paper: bool = False) -> ml_collections.ConfigDict:
   """A two-step experiment (`ps_jax.systems.two_step`): two whole configs,
   each trained into its workdir ('' for <workdir>/detector, <workdir>/reid)
   unless a finished checkpoint is there, then evaluated together on the
   detector's dataset, data and protocol (its eval section without the
   detector's own predict keys, which stay in detector.eval), with and
-  without CWS. The crop size is the re-ID config's `data.image_hw`."""
+  without CWS, and with `prw_paper` the PRW paper's cross-camera protocol
+  too (it needs cameras). The crop size is the re-ID config's
+  `data.image_hw`."""
   c = base(system="two_step")
   del c.init_from  # the stages have their own
   c.detector = detector
@@ -289,5 +291,6 @@ def two_step(detector: ml_collections.ConfigDict,
   c.eval = ml_collections.ConfigDict(
       {k: v for k, v in detector.eval.to_dict().items() if k in protocol})
   c.eval.cws = cws
+  c.eval.prw_paper = prw_paper
   c.run = ml_collections.ConfigDict(dict(seed=0, eval_at_end=True))
   return c

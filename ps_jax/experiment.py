@@ -454,8 +454,9 @@ def eval_options(config: Any) -> protocols.EvalOptions:
   duplicates = values.get("duplicates", protocols.EvalOptions.duplicates)
   _require(duplicates in protocols.DUPLICATES, "eval.duplicates", duplicates,
            f"one of {protocols.DUPLICATES}")
-  _require(isinstance(values.get("cws", False), bool), "eval.cws",
-           values.get("cws"), "True or False")
+  for name in ("cws", "prw_paper"):
+    _require(isinstance(values.get(name, False), bool), f"eval.{name}",
+             values.get(name), "True or False")
   return protocols.EvalOptions(**values)
 
 

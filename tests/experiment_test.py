@@ -122,6 +122,7 @@ def test_bad_run_values_fail_before_any_work():
     ("eval", "gallery_sizes", [50, 0], "gallery sizes >= 1 and -1"),
     ("eval", "duplicates", "twice", "one of .*'repeat'"),
     ("eval", "cws", "yes", "True or False"),
+    ("eval", "prw_paper", 1, "True or False"),
     ("optim", "norm_weight_decay", "yes", "True or False"),
     ("dataset", "name", "cuhk", "one of .*cuhk_sysu"),
 ])

@@ -13,7 +13,8 @@ evaluated together.
 
 The config is the one saved with the checkpoint unless --config names a
 config file (`path.py` or `path.py:arg`); --det_thresh, --query_mode, --cws,
---gallery_sizes and --data_dir override its `eval` / `dataset` entries. The
+--prw_paper, --gallery_sizes and --data_dir override its `eval` / `dataset`
+entries. The
 table goes to stdout, the results to <workdir>/eval_results.json
 (eval_results_untrained.json, eval_results_color_hist.json for the
 baselines), predictions to <workdir>/eval_cache/ (re-used by later runs
@@ -117,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
                       "(similarity x detection score, the PRW paper): extra "
                       "rows named <gallery>+cws (default: config.eval.cws, "
                       "else off)")
+  p.add_argument("--prw_paper", action="store_true", default=None,
+                 help="also run the PRW paper's own cross-camera protocol "
+                      "(detections labelled by IoU with the ground truth, "
+                      "good = the same person in another camera, mAP and "
+                      "rank-1/20 at 3, 5 and 10 detections per image) and "
+                      "draw its curve, mAP / rank-1 against detections per "
+                      "image, to <results>_prw_paper.png (default: "
+                      "config.eval.prw_paper, else off)")
   p.add_argument("--data_dir", default=None,
                  help="where the TFDS dataset lives, if not where the "
                       "config says")
@@ -155,7 +164,8 @@ def _with_overrides(config: Any, args: argparse.Namespace) -> dict[str, Any]:
   from ps_jax import experiment  # pylint: disable=g-import-not-at-top
   plain = experiment.plain_config(config)
   overrides = {"det_thresh": args.det_thresh, "query_mode": args.query_mode,
-               "gallery_sizes": args.gallery_sizes, "cws": args.cws}
+               "gallery_sizes": args.gallery_sizes, "cws": args.cws,
+               "prw_paper": args.prw_paper}
   for key, value in overrides.items():
     if value is not None:
       plain["eval"][key] = list(value) if isinstance(value, tuple) else value

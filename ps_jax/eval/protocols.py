@@ -34,6 +34,7 @@ from ps_jax.data import schema
 from ps_jax.eval import detection
 from ps_jax.eval import person_search
 from ps_jax.eval import predict
+from ps_jax.eval import prw_paper
 from ps_jax.ops import boxes as box_ops
 
 PROTOCOLS = ("cuhk", "prw")
@@ -58,11 +59,17 @@ class EvalOptions:
     cws: also score every search protocol with Confidence Weighted
       Similarity (similarity x detection score), as extra rows named
       `search/<gallery>+cws`.
+    prw_paper: also run the PRW paper's own cross-camera protocol
+      (`prw_paper.run`: detections labelled by IoU, good = same person in
+      another camera, mAP / rank-1 / rank-20 against the detections per
+      image) on every cached detection, as `prw_paper/...` rows; its curve
+      is drawn beside the results file.
   """
   det_thresh: float = 0.5
   gallery_sizes: tuple[int, ...] = ()
   duplicates: str = "seqnet"
   cws: bool = False
+  prw_paper: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "det_thresh", float(self.det_thresh))
@@ -276,6 +283,14 @@ def run_protocols(options: EvalOptions, protocol: str,
         results[f"search/{_size_name(n)}{suffix}"] = by_size[n].as_dict()
     if person_search.FULL_SET in sizes:
       results["full_set_base"] = base
+  if options.prw_paper:
+    frames = [{"boxes": gal.dets(r)[:, :4], "scores": gal.dets(r)[:, 4],
+               "embeddings": gal.feats(r), "gt_boxes": gallery_info.gt_boxes[r],
+               "gt_pids": gallery_info.gt_pids[r],
+               "camera": gallery_info.cameras[r]} for r in range(num)]
+    results.update(prw_paper.run(frames, qry.query_embeddings,
+                                 query_info.pids, query_info.cameras,
+                                 cws=options.cws))
   if with_detection:
     for name, labeled_only in (("all", False), ("labeled", True)):
       results[f"detection/{name}"] = detection.eval_detection(

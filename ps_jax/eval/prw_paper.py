@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,12 @@ def build_gallery(frames: Sequence[dict[str, np.ndarray]], *,
   dim = None
   for i, f in enumerate(frames):
     n = len(np.asarray(f["boxes"]).reshape(-1, 4))
-    emb = np.asarray(f["embeddings"], np.float32).reshape(n, -1)
+    emb = np.asarray(f["embeddings"], np.float32)
+    if n:
+      emb = emb.reshape(n, -1)
+    else:  # numpy cannot reshape an empty array to (0, -1)
+      width = emb.shape[1] if emb.ndim == 2 and emb.shape[1] else dim or 1
+      emb = np.zeros((0, width), np.float32)
     if dim is not None and n and emb.shape[1] != dim:
       raise ValueError(f"frame {i}: embeddings of dimension {emb.shape[1]}, "
                        f"earlier frames {dim}.")
@@ -253,6 +259,53 @@ def at_detections_per_image(curve: Curve, points: Sequence[float] = (
   return out
 
 
+def run(gallery_frames: Sequence[dict[str, np.ndarray]],
+        query_feats: np.ndarray, query_pids: np.ndarray,
+        query_cams: np.ndarray, *, cws: bool = False,
+        num_levels: int = 30) -> dict[str, Any]:
+  """The whole protocol as result rows (the eval entry point's
+  `--prw_paper`).
+
+  Args:
+    gallery_frames: `build_gallery`'s input, every gallery frame.
+    query_feats, query_pids, query_cams: the queries (their ground-truth
+      crops' embeddings).
+    cws: also every row and the curve with CWS ranking.
+    num_levels: levels of the score-threshold curve.
+  Returns:
+    {"prw_paper/all_detections[+cws]": row of every detection kept,
+     "prw_paper/<n>_per_image[+cws]": row at n = 3, 5, 10 detections per
+     image (where the curve reaches), "prw_paper/curve[+cws]":
+     {"thresholds", "detections_per_image", "mAP", "rank1", "rank20"}
+     lists, "prw_paper/num_queries": queries with ground truth in another
+     camera}. Rows hold mAP, rank1, rank20 as fractions.
+  """
+  gallery = build_gallery(gallery_frames)
+  out: dict[str, Any] = {"prw_paper/num_queries": int(np.sum(
+      num_good(query_pids, query_cams, gallery) > 0))}
+  for weighted, suffix in ((False, ""), (True, "+cws")) if cws else (
+      (False, ""),):
+    r = evaluate(query_feats, query_pids, query_cams, gallery, cws=weighted)
+    out[f"prw_paper/all_detections{suffix}"] = {
+        "mAP": float(r.mAP), **{f"rank{k}": float(r.cmc[k])
+                                for k in CMC_RANKS},
+        "detections_per_image": len(gallery.scores) / max(
+            gallery.num_frames, 1)}
+    if not len(gallery.scores):
+      continue
+    curve = threshold_curve(query_feats, query_pids, query_cams, gallery,
+                            num_levels=num_levels, cws=weighted)
+    for n, row in at_detections_per_image(curve).items():
+      out[f"prw_paper/{n:g}_per_image{suffix}"] = {
+          **row, "detections_per_image": float(n)}
+    out[f"prw_paper/curve{suffix}"] = {
+        "thresholds": curve.thresholds.tolist(),
+        "detections_per_image": curve.detections_per_image.tolist(),
+        "mAP": curve.mAP.tolist(),
+        **{f"rank{k}": v.tolist() for k, v in curve.cmc.items()}}
+  return out
+
+
 __all__ = ["CMC_RANKS", "Curve", "Gallery", "JUNK_PIDS", "OPERATING_POINTS",
            "at_detections_per_image", "build_gallery", "evaluate",
-           "label_detections", "num_good", "threshold_curve"]
+           "label_detections", "num_good", "run", "threshold_curve"]

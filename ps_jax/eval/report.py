@@ -47,10 +47,44 @@ def format_table(results: Mapping[str, Any]) -> str:
     for name, v in det:
       lines.append(f"{name:<22}{100 * v['ap']:>8.2f}"
                    f"{100 * v['recall']:>8.2f}")
+  paper = [(k[10:], v) for k, v in results.items()
+           if k.startswith("prw_paper/") and isinstance(v, Mapping)
+           and "detections_per_image" in v
+           and not isinstance(v["detections_per_image"], list)]
+  if paper:
+    lines.append(f"{'PRW paper protocol':<22}{'mAP':>8}{'rank-1':>8}"
+                 f"{'rank-20':>8}{'dets/img':>10}")
+    for name, v in paper:
+      lines.append(f"{name:<22}{100 * v['mAP']:>8.2f}"
+                   f"{100 * v['rank1']:>8.2f}{100 * v['rank20']:>8.2f}"
+                   f"{v['detections_per_image']:>10.2f}")
   lines.append(f"det_thresh {results.get('det_thresh')}, "
                f"{results.get('num_queries')} queries, "
-               f"{results.get('num_gallery_images')} gallery images")
+               f"{results.get('num_gallery_images')} gallery images"
+               + (f"; PRW paper protocol: {results['prw_paper/num_queries']}"
+                  " queries seen by another camera"
+                  if "prw_paper/num_queries" in results else ""))
   return "\n".join(lines)
+
+
+def prw_paper_chart(results: Mapping[str, Any], path: str | pathlib.Path
+                    ) -> pathlib.Path | None:
+  """The PRW paper protocol's curves (mAP and rank-1 against detections per
+  image, plain and CWS) of `results` as a PNG; None if it has none."""
+  series = {}
+  for suffix in ("", "+cws"):
+    curve = results.get(f"prw_paper/curve{suffix}")
+    if curve:
+      for key, name in (("mAP", "mAP"), ("rank1", "rank-1")):
+        series[name + suffix] = (curve["detections_per_image"],
+                                 [100 * v for v in curve[key]])
+  if not series:
+    return None
+  from ps_jax.eval import plots  # pylint: disable=g-import-not-at-top
+  return plots.line_chart(
+      series, "mean detections per gallery image (score threshold lowered)",
+      "%", f"PRW paper protocol: {results.get('model')} on "
+      f"{results.get('dataset')}", path)
 
 
 def format_reid_table(results: Mapping[str, Any]) -> str:
@@ -89,9 +123,15 @@ def write_results(results: Mapping[str, Any], path: str | pathlib.Path
 def finish(results: dict[str, Any], workdir: str | pathlib.Path,
            output: str | pathlib.Path | None, name: str) -> dict[str, Any]:
   """Writes `results` to `output`, else `<workdir>/<name>`, records the path
-  in `results["output"]`, logs the table, and returns `results`."""
+  in `results["output"]`, draws the PRW paper protocol's curves beside it
+  (`<name>_prw_paper.png`, recorded as `results["prw_paper_chart"]`) when
+  the results have them, logs the table, and returns `results`."""
   out = pathlib.Path(output) if output else pathlib.Path(workdir) / name
   results["output"] = str(out)
+  if "prw_paper/num_queries" in results and jax.process_index() == 0:
+    png = prw_paper_chart(results, out.with_name(out.stem + "_prw_paper.png"))
+    if png is not None:
+      results["prw_paper_chart"] = str(png)
   write_results(results, out)
   logging.info("Evaluation (%s):\n%s", results["model"], format_table(results))
   return results

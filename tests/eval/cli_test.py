@@ -52,6 +52,19 @@ def test_evaluates_the_checkpoint_with_overrides(workdir, capsys):
   assert f"results: {workdir / 'eval_results.json'}" in out
 
 
+def test_prw_paper_protocol_rows_and_curve(workdir, capsys):
+  assert eval_main.main(["--workdir", str(workdir), "--prw_paper",
+                         "--gallery_sizes", "10",
+                         "--output", str(workdir / "paper.json")]) == 0
+  out = capsys.readouterr().out
+  assert "PRW paper protocol" in out and "all_detections" in out
+  results = json.loads((workdir / "paper.json").read_text())
+  assert results["prw_paper/num_queries"] >= 1
+  assert {"prw_paper/all_detections", "prw_paper/curve"} <= set(results)
+  assert results["prw_paper_chart"] == str(workdir / "paper_prw_paper.png")
+  assert (workdir / "paper_prw_paper.png").is_file()
+
+
 def test_untrained_is_evaluated_beside_the_checkpoint(workdir, capsys):
   assert eval_main.main(["--workdir", str(workdir), "--untrained",
                          "--gallery_sizes", "10"]) == 0

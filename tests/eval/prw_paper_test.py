@@ -37,7 +37,7 @@ def _unit(sim):
   return [sim, np.sqrt(1 - sim ** 2)]
 
 
-def _gallery():
+def _frames():
   """Query pid 1 from camera 0. Camera 1 sees pids 1 and 2 (both detected),
   camera 2 sees pid 1 (missed; one background detection), camera 0 sees pid
   1 again (detected: same camera, junk)."""
@@ -51,7 +51,11 @@ def _gallery():
       dict(camera=0, gt_boxes=[box(0)], gt_pids=[1],
            boxes=[box(0)], scores=[1.0], embeddings=[_unit(1.0)]),
   ]
-  return prw_paper.build_gallery(frames)
+  return frames
+
+
+def _gallery():
+  return prw_paper.build_gallery(_frames())
 
 
 QUERY = dict(query_feats=np.array([[1.0, 0.0], [1.0, 0.0]]),
@@ -117,3 +121,23 @@ def test_threshold_curve_and_operating_points():
   assert points[7 / 6]["rank20"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="num_levels"):
     prw_paper.threshold_curve(**QUERY, gallery=g, num_levels=0)
+
+
+def test_run_gives_the_rows_and_curves_of_the_hand_built_case():
+  frames = _frames() + [dict(camera=3, gt_boxes=[], gt_pids=[], boxes=[],
+                             scores=[], embeddings=np.zeros((0, 2)))]
+  out = prw_paper.run(frames, **QUERY, cws=True, num_levels=30)
+  assert out["prw_paper/num_queries"] == 1
+  # The empty frame counts in the detections per image: 4 / 4 frames.
+  row = out["prw_paper/all_detections"]
+  assert row["mAP"] == pytest.approx(1 / 12) and row["rank1"] == 0.0
+  assert row["detections_per_image"] == pytest.approx(1.0)
+  assert out["prw_paper/all_detections+cws"]["mAP"] == pytest.approx(1 / 8)
+  curve = out["prw_paper/curve"]
+  np.testing.assert_allclose(curve["mAP"], [0.5, 1 / 8, 1 / 12])
+  np.testing.assert_allclose(curve["detections_per_image"], [0.5, 0.75, 1.0])
+  assert set(curve) == {"thresholds", "detections_per_image", "mAP", "rank1",
+                        "rank20"}
+  assert "prw_paper/curve+cws" in out
+  # 3, 5 and 10 detections per image lie beyond this detector's 1.
+  assert not any("_per_image" in k for k in out)
