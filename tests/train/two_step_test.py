@@ -6,6 +6,7 @@ the workdir's config.json."""
 import json
 
 import ml_collections
+import numpy as np
 import pytest
 
 from configs import common
@@ -114,3 +115,43 @@ def test_config_errors_name_the_field(tiny_eval_config, tiny_synthetic_dir,
   config.model.max_crops = 0
   with pytest.raises(experiment.ConfigError, match="model.max_crops"):
     experiment.from_config(config)
+
+
+def test_ps_search_loads_the_pair_from_the_workdir(run):
+  """`ps-search` indexes with the pair: a query box's embedding is the
+  re-ID net's, of the dimension it gives."""
+  from ps_jax.search import cli  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = run
+  predictor = cli.load_predictor(str(workdir), None)
+  assert predictor.step == TINY_STEP  # the detector's
+  image = np.random.default_rng(0).integers(0, 255, (100, 120, 3), np.uint8)
+  emb = predictor.embed_query(image, (10, 10, 40, 90))
+  assert emb.shape == (predictor.system.reid.embedding_dim,)
+  assert abs(np.linalg.norm(emb) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("name, arg", [("two_step_prw", ""),
+                                       ("two_step_prw", "det"),
+                                       ("two_step_cuhk", ""),
+                                       ("two_step_cuhk", "det"),
+                                       ("two_step_synthetic", "")])
+def test_the_shipped_configs_pair_compatible_stages(name, arg):
+  """What `from_config` checks before loading a dataset, on the configs
+  whose datasets need a download: both stages build, share the input
+  normalization, and the pair's eval holds protocol keys only."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{name}").get_config(
+      *([arg] if arg else []))
+  det = experiment.build_system(config.detector, 5)
+  reid = experiment.build_system(config.reid, 5)
+  assert det.embedding_dim > 0 and reid.embedding_dim > 0
+  assert (config.detector.data.normalization
+          == config.reid.data.normalization)
+  assert set(config.eval) <= {"det_thresh", "gallery_sizes", "duplicates",
+                              "cws", "prw_paper"}
+  assert config.eval.cws
+  assert config.eval.prw_paper == (name != "two_step_cuhk")
+  if arg == "det":  # IDE_det: the re-ID stage starts from the detector
+    assert config.reid.init_from == config.detector_workdir
+    assert config.reid.model.depth == 50 and config.reid.model.norm == (
+        config.detector.model.backbone_norm)
