@@ -17,7 +17,10 @@ the common person-search schema of `ps_jax/data/schema.py`:
   (as in `test`), `query_bbox`, `query_pid` and `gallery_<n>`: the image
   names listed by `TestG<n>.mat` for that query, **exactly as listed**:
   duplicated entries and entries naming the query's own image are kept,
-  because the reference evaluation counts them (docs/evaluation.md).
+  because the reference evaluation counts them (docs/evaluation.md), and
+  `query_subsets`: "occlusion" and "low_resolution" for the queries that
+  `annotation/test/subset/Occlusion.mat` and `Resolution.mat` list, when the
+  download has those files (`SUBSET_FILES`; their layout is unverified).
 
 Boxes: `idlocate` is [x, y, w, h] in pixels; the box is [x, y, x + w, y + h]
 (no ±1). Values are cast to float64 before the addition because loadmat
@@ -67,6 +70,17 @@ STEP_ANNOTATIONS = "step 3 (the annotation files inside the archive)"
 _ANNOTATION = "annotation"
 _IMAGE_DIR = ("Image", "SSM")
 _TRAIN_TEST = ("annotation", "test", "train_test")
+_SUBSET_DIR = ("annotation", "test", "subset")
+# Hard-case query lists (the OIM paper's occlusion and low-resolution
+# subsets): subset name -> (file, variable names tried, documented size).
+# Their layout is not verified against the real archive: each is read as a
+# struct array of queries like TestG50's (a `Query` struct per element, or
+# the query's own `imname` / `idlocate` fields), and a query that is not a
+# TestG50 query is an error that names the file.
+SUBSET_FILES = {
+    "occlusion": ("Occlusion.mat", ("Occlusion1", "Occlusion"), 187),
+    "low_resolution": ("Resolution.mat", ("Test_Size", "Resolution"), 290),
+}
 
 
 @dataclasses.dataclass
@@ -91,8 +105,13 @@ class _Query:
 class Builder(tfds.core.GeneratorBasedBuilder):
   """CUHK-SYSU person search (Xiao et al., CVPR 2017)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": ("query_subsets: the occlusion and low-resolution query "
+                "lists of annotation/test/subset/, when the download has "
+                "them."),
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   CUHK-SYSU is distributed by its authors after a licence agreement; no
   program can download it.
@@ -115,7 +134,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=schema.query_features(GALLERY_SIZES),
+        features=schema.query_features(GALLERY_SIZES, with_subsets=True),
         homepage="https://github.com/ShuangLI59/person_search",
         metadata=tfds.core.MetadataDict(),
         # Keep file order: queries in TestG50 order, tests in pool.mat order.
@@ -176,7 +195,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     dropped: list[str] = []
     for name in names:
       ex, _, _ = self._scene(image_dir, parsed, name, dropped)
-      yield name, schema.not_a_query(ex, GALLERY_SIZES)
+      yield name, schema.not_a_query(ex, GALLERY_SIZES, with_subsets=True)
     raw_io.log_dropped("Boxes outside their image (dropped)", dropped)
 
   def _generate_queries(self, image_dir: epath.Path, parsed: "ParsedCuhk"
@@ -185,7 +204,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     for i, q in enumerate(parsed.queries):
       scene, width, height = self._scene(image_dir, parsed, q.image, dropped)
       ex = schema.query_example(scene, box_ops.xywh_to_xyxy(q.box_xywh),
-                                parsed.query_pids[i], width, height)
+                                parsed.query_pids[i], width, height,
+                                subsets=parsed.subsets[i])
       yield f"{i:05d}", with_galleries(ex, parsed.galleries[i])
 
 
@@ -214,6 +234,9 @@ class ParsedCuhk:
   queries: list[_Query]
   query_pids: list[int]
   galleries: list[dict[int, list[str]]]
+  # Per query, the hard-case subsets it is in ([] where the download has no
+  # subset files).
+  subsets: list[list[str]] = dataclasses.field(default_factory=list)
 
 
 def _records(value: Any, where: str) -> list[Any]:
@@ -356,6 +379,58 @@ def _read_protocol(path: epath.Path, canonical: dict[str, str]
     queries.append(_Query(canonical.get(image, image), box, idname, names,
                           gts))
   return queries
+
+
+def _read_subset(path: epath.Path, names: Sequence[str],
+                 queries: Sequence[_Query]) -> list[int]:
+  """The TestG50 indices of the queries a subset file lists.
+
+  Raises:
+    RawFormatError: no variable of `names`, an element without a query box,
+      or a query (image, box) that TestG50 does not have.
+  """
+  mat = raw_io.load_mat(path, STEP_ANNOTATIONS)
+  var = raw_io.mat_var(mat, names, path)
+  index = {(q.image, tuple(q.box_xywh.tolist())): i
+           for i, q in enumerate(queries)}
+  found = []
+  for i, rec in enumerate(_records(var, f"{path} {names[0]}")):
+    where = f"{path} {names[0]}({i + 1})"
+    q = rec
+    if "Query" in (rec.dtype.names or ()):
+      qrecs = raw_io.struct_elements(rec["Query"], f"{where}.Query")
+      if len(qrecs) != 1:
+        raise raw_io.RawFormatError(
+            f"{where}.Query: expected one struct, got {len(qrecs)}.")
+      q, where = qrecs[0], f"{where}.Query"
+    image = raw_io.mat_str(raw_io.mat_field(q, "imname", where), where)
+    box = _box(q, where)
+    key = (image, tuple(box.tolist()))
+    if key not in index:
+      raise raw_io.RawFormatError(
+          f"{where}: query {image} {box.tolist()} is not a TestG50 query; "
+          "expected the subset to list TestG50 queries (a struct array "
+          "with `Query` elements, or with `imname` and `idlocate`)")
+    found.append(index[key])
+  return sorted(set(found))
+
+
+def read_subsets(root: epath.Path, queries: Sequence[_Query]
+                 ) -> list[list[str]]:
+  """Per query, the `SUBSET_FILES` subsets it is in; files the download
+  lacks are skipped (logged)."""
+  subsets: list[list[str]] = [[] for _ in queries]
+  folder = root.joinpath(*_SUBSET_DIR)
+  for name, (file, names, documented) in SUBSET_FILES.items():
+    path = folder / file
+    if not path.is_file():
+      logging.info("No %s: the %s subset is not reported.", path, name)
+      continue
+    members = _read_subset(path, names, queries)
+    raw_io.warn_count(f"{path}: queries", len(members), documented)
+    for i in members:
+      subsets[i].append(name)
+  return subsets
 
 
 def _assign(scene: _Scene, box_xywh: np.ndarray, pid: int) -> str:
@@ -533,4 +608,5 @@ def parse_annotations(root: epath.Path) -> ParsedCuhk:
                     len(train_pid_names), DOC_NUM_TRAIN_IDS)
   raw_io.warn_count(f"{base_mat}: queries", len(queries), DOC_NUM_QUERIES)
   return ParsedCuhk(str(images_mat), scenes, train_names, test_names,
-                    train_pid_names, queries, query_pids, galleries)
+                    train_pid_names, queries, query_pids, galleries,
+                    read_subsets(root, queries))

@@ -139,6 +139,28 @@ def test_queries_and_galleries(built):
     np.testing.assert_array_equal(ex["image"], scene["image"])
 
 
+def test_hard_case_subsets(built, tmp_path):
+  builder, _ = built
+  query = read_split(builder, "query")
+  assert [[x.decode() for x in ex["query_subsets"]] for ex in query] == [
+      ["low_resolution"], ["occlusion"]]
+  # Without the subset files: no subsets, nothing fails.
+  root = make_fake_raw.write_fake_raw(tmp_path / "none", subsets={})
+  assert cuhk.parse_annotations(root).subsets == [[], []]
+  # A listed query that TestG50 does not have: the file and what is expected.
+  root = make_fake_raw.write_fake_raw(tmp_path / "bad", subsets={
+      "Occlusion.mat": ("Occlusion1", [("p2001", "s4.jpg", [1, 1, 5, 5])],
+                        True)})
+  with pytest.raises(raw_io.RawFormatError,
+                     match=r"Occlusion.mat Occlusion1\(1\).Query: query s4.jpg "
+                           r"\[1.0, 1.0, 5.0, 5.0\] is not a TestG50 query"):
+    cuhk.parse_annotations(root)
+  root = make_fake_raw.write_fake_raw(tmp_path / "var", subsets={
+      "Resolution.mat": ("Sizes", [make_fake_raw.QUERIES[0]], False)})
+  with pytest.raises(raw_io.RawFormatError, match="Resolution.mat"):
+    cuhk.parse_annotations(root)
+
+
 def test_protocol_variable_name_variant(tmp_path):
   root = make_fake_raw.write_fake_raw(tmp_path, protocol_var={
       4000: "testg4000"})

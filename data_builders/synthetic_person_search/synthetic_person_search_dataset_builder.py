@@ -7,7 +7,9 @@ of `ps_jax/data/schema.py`:
 * `test`: scenes `test_000000.jpg`, ... with pids K..K+T-1 (and -1).
 * `query`: one example per query of `synthetic.generate_queries`: the query
   image (a `test` scene, same image_id and persons), `query_bbox`,
-  `query_pid` and `gallery_<n>` (image ids of `test`, never the query's own).
+  `query_pid`, `gallery_<n>` (image ids of `test`, never the query's own)
+  and `query_subsets` (`synthetic.protocol.SUBSETS` marks: occluded or
+  small query persons).
 
 Records keep generation order (`disable_shuffling`): record i of `train` and
 `test` is scene i. Images are JPEG (quality 90), encoded with PIL. All splits
@@ -76,7 +78,7 @@ def scene_to_example(scene: dict[str, Any], dropped: list[str] | None = None
 class SyntheticPersonSearch(tfds.core.GeneratorBasedBuilder):
   """Procedural person-search scenes with a CUHK-SYSU-style query split."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": (
@@ -87,6 +89,11 @@ class SyntheticPersonSearch(tfds.core.GeneratorBasedBuilder):
           "unchanged. The test scenes are drawn as before but place other "
           "people, since there are more test identities to choose from; "
           "tiny is unchanged."),
+      "1.2.0": (
+          "query_subsets: each query's hard-case subsets, 'occlusion' "
+          "(visible fraction below 0.85) and 'low_resolution' (shorter "
+          "than 80 px), as CUHK-SYSU's subset lists; scenes and queries "
+          "are unchanged."),
   }
   BUILDER_CONFIG_CLASS = SyntheticPersonSearchConfig
   BUILDER_CONFIGS = [
@@ -109,7 +116,8 @@ class SyntheticPersonSearch(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.generator_config
     return self.dataset_info_from_configs(
-        features=schema.query_features(cfg.gallery_sizes),
+        features=schema.query_features(cfg.gallery_sizes,
+                                       with_subsets=True),
         metadata=tfds.core.MetadataDict(
             num_train_ids=cfg.num_train_ids,
             num_test_ids=cfg.num_test_ids,
@@ -152,7 +160,8 @@ class SyntheticPersonSearch(tfds.core.GeneratorBasedBuilder):
       counts += (len(ex["persons"]),
                  sum(p["pid"] >= 0 for p in ex["persons"]),
                  not ex["persons"])
-      yield ex["image_id"], schema.not_a_query(ex, cfg.gallery_sizes)
+      yield ex["image_id"], schema.not_a_query(ex, cfg.gallery_sizes,
+                                               with_subsets=True)
     logging.info("%s: %d images, %d persons (%d labeled), %d without people.",
                  split, cfg.num_scenes(split), *counts)
     if dropped:
@@ -167,5 +176,5 @@ class SyntheticPersonSearch(tfds.core.GeneratorBasedBuilder):
       height, width = scene["image"].shape[:2]
       ex = schema.query_example(
           scene_to_example(scene), q["query_box_xyxy"], q["query_pid"],
-          width, height, q["galleries"])
+          width, height, q["galleries"], subsets=q["subsets"])
       yield f"query_{i:06d}", ex

@@ -124,6 +124,30 @@ def test_query_records(tiny_dir):
       assert holders  # the target is somewhere in every gallery
 
 
+def test_query_subsets_mark_occluded_and_small_people(tiny_dir):
+  """Each query's marks, recomputed from the scene layout: `occlusion` when
+  less than 0.85 of the person is visible, `low_resolution` when the box is
+  shorter than 80 px; scenes carry none."""
+  cfg = spsb.TINY
+  builder = build.load_builder(NAME, "tiny", data_dir=tiny_dir)
+  queries = builder.as_data_source("query")
+  seen = set()
+  for i in range(len(queries)):
+    q = queries[i]
+    scene = int(_text(q["image_id"]).split("_")[1].split(".")[0])
+    lay = synthetic.layout.scene_layout(cfg, "test", scene)
+    j = lay.pids.tolist().index(int(q["query_pid"]))
+    box = lay.boxes_xyxy[j]
+    want = [name for name, hit in (
+        ("occlusion", lay.visible[j] < 0.85),
+        ("low_resolution", box[3] - box[1] < 80)) if hit]
+    got = [_text(x) for x in q["query_subsets"]]
+    assert got == want, i
+    seen.update(got)
+  assert seen == {"occlusion", "low_resolution"}  # both occur in `tiny`
+  assert list(builder.as_data_source("test")[0]["query_subsets"]) == []
+
+
 def test_same_seed_same_bytes(tiny_dir, tmp_path):
   again = build.build_dataset(NAME, "tiny", data_dir=tmp_path)
   first = build.load_builder(NAME, "tiny", data_dir=tiny_dir)

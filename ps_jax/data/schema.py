@@ -20,6 +20,10 @@ and its annotations with the same fields as a scene, plus
               `image_id`s of that query's gallery images (from the `test`
               split). Datasets with a PRW-style protocol (the gallery is every
               test image but the query's own) have no gallery features.
+  query_subsets  (builders that declare `with_subsets`) the names of the
+              hard-case subsets the query belongs to, e.g. "occlusion" and
+              "low_resolution" (CUHK-SYSU's `subset/` lists, the synthetic
+              benchmark's marks); the evaluation reports each subset apart.
 
 TFDS stores one feature set per builder, so a builder with a `query` split
 declares `query_features(gallery_sizes)` for every split; its scene examples
@@ -69,19 +73,22 @@ def scene_features() -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict(_scene_dict())
 
 
-def query_features(gallery_sizes: Sequence[int] = ()
-                   ) -> tfds.features.FeaturesDict:
+def query_features(gallery_sizes: Sequence[int] = (), *,
+                   with_subsets: bool = False) -> tfds.features.FeaturesDict:
   """Features of the `query` split.
 
   Args:
     gallery_sizes: the CUHK-SYSU-style gallery sizes stored per query (one
       `gallery_<n>` sequence of image ids each); empty for PRW-style datasets.
+    with_subsets: also a `query_subsets` sequence of subset names.
   """
   d = _scene_dict()
   d["query_bbox"] = tfds.features.BBoxFeature()
   d["query_pid"] = tfds.features.Scalar(dtype=np.int32)
   for n in gallery_sizes:
     d[f"gallery_{int(n)}"] = tfds.features.Sequence(tfds.features.Text())
+  if with_subsets:
+    d["query_subsets"] = tfds.features.Sequence(tfds.features.Text())
   return tfds.features.FeaturesDict(d)
 
 
@@ -163,8 +170,8 @@ def scene_example(image: Any, image_id: str, width: int, height: int,
 
 def query_example(scene: Mapping[str, Any], query_box_xyxy: Sequence[float],
                   query_pid: int, width: int, height: int,
-                  galleries: Mapping[int, Sequence[str]] | None = None
-                  ) -> dict[str, Any]:
+                  galleries: Mapping[int, Sequence[str]] | None = None,
+                  subsets: Sequence[str] | None = None) -> dict[str, Any]:
   """A query-split example: a scene example plus the query and its galleries.
 
   Args:
@@ -174,6 +181,8 @@ def query_example(scene: Mapping[str, Any], query_box_xyxy: Sequence[float],
     width, height: the query image size in pixels.
     galleries: gallery size -> the image ids of that gallery (CUHK-SYSU
       style); None or empty for PRW-style protocols.
+    subsets: the hard-case subsets the query is in, for builders that
+      declare `with_subsets` (None: no `query_subsets` key).
   """
   where = f"query in {scene['image_id']}"
   if query_pid < 0:
@@ -186,22 +195,26 @@ def query_example(scene: Mapping[str, Any], query_box_xyxy: Sequence[float],
     if scene["image_id"] in ids:
       raise SchemaError(f"{where}: gallery_{n} contains the query image")
     ex[f"gallery_{int(n)}"] = ids
+  if subsets is not None:
+    ex["query_subsets"] = [str(name) for name in subsets]
   return ex
 
 
-def not_a_query(scene: Mapping[str, Any], gallery_sizes: Sequence[int] = ()
-                ) -> dict[str, Any]:
+def not_a_query(scene: Mapping[str, Any], gallery_sizes: Sequence[int] = (),
+                *, with_subsets: bool = False) -> dict[str, Any]:
   """A scene example completed with the query features' "no query" values.
 
   For the scene splits of a builder whose features are `query_features`:
   `query_pid` -1, an all-zero `query_bbox` and an empty `gallery_<n>` list
-  for every n in `gallery_sizes`.
+  for every n in `gallery_sizes`, and no `query_subsets` (`with_subsets`).
   """
   ex = dict(scene)
   ex["query_bbox"] = tfds.features.BBox(0.0, 0.0, 0.0, 0.0)
   ex["query_pid"] = UNLABELED_PID
   for n in gallery_sizes:
     ex[f"gallery_{int(n)}"] = []
+  if with_subsets:
+    ex["query_subsets"] = []
   return ex
 
 

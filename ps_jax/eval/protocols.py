@@ -124,6 +124,9 @@ class QueryInfo:
   cameras: np.ndarray         # i32[Qn]
   boxes: np.ndarray           # f32[Qn, 4] xyxy original pixels
   galleries: dict[int, list[list[str]]]  # size -> Qn lists of image ids
+  # Hard-case subset name -> i64[n] indices of its queries (datasets with
+  # `query_subsets`; empty otherwise).
+  subsets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def read_gallery(source: Sequence[Mapping[str, Any]]) -> GalleryInfo:
@@ -140,8 +143,10 @@ def read_gallery(source: Sequence[Mapping[str, Any]]) -> GalleryInfo:
 
 
 def read_queries(source: Sequence[Mapping[str, Any]]) -> QueryInfo:
-  """Image ids, pids, cameras, boxes and gallery lists of every query."""
+  """Image ids, pids, cameras, boxes, gallery lists and hard-case subsets
+  of every query."""
   ids, pids, cams, boxes = [], [], [], []
+  subsets: dict[str, list[int]] = {}
   galleries: dict[int, list[list[str]]] = {}
   for r in range(len(source)):
     rec = source[r]
@@ -152,8 +157,11 @@ def read_queries(source: Sequence[Mapping[str, Any]]) -> QueryInfo:
     for n in schema.gallery_sizes_of(rec):
       galleries.setdefault(n, []).append(
           [_str(x) for x in rec[f"gallery_{n}"]])
+    for name in rec.get("query_subsets", ()):
+      subsets.setdefault(_str(name), []).append(r)
   return QueryInfo(ids, np.asarray(pids, np.int64), np.asarray(cams, np.int32),
-                   np.asarray(boxes, np.float32).reshape(-1, 4), galleries)
+                   np.asarray(boxes, np.float32).reshape(-1, 4), galleries,
+                   {k: np.asarray(v, np.int64) for k, v in subsets.items()})
 
 
 def check_dataset(builder: Any) -> str:
@@ -229,6 +237,19 @@ def _size_name(n: int) -> str:
   return "full_set" if n == person_search.FULL_SET else f"gallery_{n}"
 
 
+def _select(queries: person_search.Queries, idx: np.ndarray
+            ) -> person_search.Queries:
+  """The queries at indices `idx` (a hard-case subset)."""
+  take = lambda v: None if v is None else np.asarray(v)[idx]  # noqa: E731
+  return person_search.Queries(
+      feats=np.asarray(queries.feats)[idx],
+      image_ids=[queries.image_ids[i] for i in idx],
+      pids=take(queries.pids), cameras=take(queries.cameras),
+      galleries={n: [lists[i] for i in idx]
+                 for n, lists in queries.galleries.items()},
+      boxes=take(queries.boxes))
+
+
 def run_protocols(options: EvalOptions, protocol: str,
               gallery_info: GalleryInfo, query_info: QueryInfo,
               gal: predict.SplitPredictions, qry: predict.SplitPredictions,
@@ -241,6 +262,11 @@ def run_protocols(options: EvalOptions, protocol: str,
     gallery_info, query_info: the splits' annotations.
     gal, qry: predictions of the `test` and `query` splits, record order.
     with_detection: also report detection recall/AP.
+  Returns:
+    Rows `search/<gallery>[+cws]` over every query, and for each hard-case
+    subset of the queries (`QueryInfo.subsets`) `search/<gallery>@<subset>
+    [+cws]` over its queries alone (with `num_queries@<subset>`); detection
+    and PRW paper rows as the options ask.
   """
   num = len(gallery_info.image_ids)
   gallery = person_search.Gallery(
@@ -258,13 +284,8 @@ def run_protocols(options: EvalOptions, protocol: str,
                              "num_gallery_images": num}
   weightings = ((False, ""), (True, "+cws")) if options.cws else (
       (False, ""),)
-  if protocol == "prw":
-    for name, multi_view in (("all_cameras", False), ("cross_camera", True)):
-      for cws, suffix in weightings:
-        results[f"search/{name}{suffix}"] = person_search.eval_search_prw(
-            gallery, queries, det_thresh=det_thresh, multi_view=multi_view,
-            cws=cws).as_dict()
-  else:
+  sizes = base = None
+  if protocol == "cuhk":
     requested = options.gallery_sizes
     _, base = cuhk_sizes(requested, query_info.galleries)
     problem = full_set_problem(gallery_info, query_info, base)
@@ -275,14 +296,30 @@ def run_protocols(options: EvalOptions, protocol: str,
       logging.warning("Full set %s: %s", "evaluated anyway" if full
                       else "skipped", problem)
       results["full_set_note"] = problem
-    for cws, suffix in weightings:
-      by_size = person_search.eval_search_cuhk(
-          gallery, queries, sizes, det_thresh=det_thresh, full_set_base=base,
-          duplicates=options.duplicates, cws=cws)
-      for n in sizes:
-        results[f"search/{_size_name(n)}{suffix}"] = by_size[n].as_dict()
     if person_search.FULL_SET in sizes:
       results["full_set_base"] = base
+  subsets = [("", None)] + sorted(query_info.subsets.items())
+  for subset, idx in subsets:
+    if idx is not None and not len(idx):
+      continue
+    part = queries if idx is None else _select(queries, idx)
+    at = f"@{subset}" if subset else ""
+    if idx is not None:
+      results[f"num_queries{at}"] = len(idx)
+    for cws, suffix in weightings:
+      if protocol == "prw":
+        for name, multi_view in (("all_cameras", False),
+                                 ("cross_camera", True)):
+          results[f"search/{name}{at}{suffix}"] = (
+              person_search.eval_search_prw(
+                  gallery, part, det_thresh=det_thresh,
+                  multi_view=multi_view, cws=cws).as_dict())
+        continue
+      by_size = person_search.eval_search_cuhk(
+          gallery, part, sizes, det_thresh=det_thresh, full_set_base=base,
+          duplicates=options.duplicates, cws=cws)
+      for n in sizes:
+        results[f"search/{_size_name(n)}{at}{suffix}"] = by_size[n].as_dict()
   if options.prw_paper:
     frames = [{"boxes": gal.dets(r)[:, :4], "scores": gal.dets(r)[:, 4],
                "embeddings": gal.feats(r), "gt_boxes": gallery_info.gt_boxes[r],

@@ -33,7 +33,7 @@ def format_table(results: Mapping[str, Any]) -> str:
     if key.startswith("search/"):
       name = key[7:]
       base = results.get("full_set_base", 50)
-      if name.split("+")[0] == "full_set" and base != 50:
+      if name.split("+")[0].split("@")[0] == "full_set" and base != 50:
         name = name.replace("full_set", f"full_set(+{base})", 1)
       lines.append(f"{name:<22}{100 * v['mAP']:>8.2f}"
                    f"{interval(v.get('mAP_ci95')):>15}"
@@ -61,6 +61,9 @@ def format_table(results: Mapping[str, Any]) -> str:
   lines.append(f"det_thresh {results.get('det_thresh')}, "
                f"{results.get('num_queries')} queries, "
                f"{results.get('num_gallery_images')} gallery images"
+               + "".join(f"; {k.split('@')[1]}: {v} queries"
+                         for k, v in results.items()
+                         if k.startswith("num_queries@"))
                + (f"; PRW paper protocol: {results['prw_paper/num_queries']}"
                   " queries seen by another camera"
                   if "prw_paper/num_queries" in results else ""))

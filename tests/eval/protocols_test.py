@@ -87,3 +87,31 @@ def test_cws_adds_confidence_weighted_rows():
       det_thresh=0.5, gallery_sizes=(3,)), "cuhk", gallery, queries, gal, qry,
                                   with_detection=False)
   assert "search/gallery_3+cws" not in plain
+
+
+def test_hard_case_subsets_are_scored_on_their_queries_alone():
+  """A second query, pid 2 with g1's own embedding, finds g1 first (AP 1);
+  the first query scores 0.25 (the SeqNet case above). Each subset row is
+  its queries' mean, the plain row both queries'."""
+  gallery, queries, gal, qry = _duplicated_split()
+  queries = protocols.QueryInfo(
+      image_ids=["q", "q2"], pids=np.array([1, 2]),
+      cameras=np.zeros(2, np.int32), boxes=np.array([BOX, BOX], np.float32),
+      galleries={3: [["g0", "g1", "g0"], ["g0", "g1", "g0"]]},
+      subsets={"occlusion": np.array([1]), "low_resolution": np.array([0]),
+               "empty": np.array([], np.int64)})
+  qry = predict.SplitPredictions(
+      image_ids=np.array(["q", "q2"]), orig_hw=np.full((2, 2), 200),
+      det_offsets=np.zeros(3, np.int64), boxes=np.zeros((0, 4), np.float32),
+      scores=np.zeros(0, np.float32), embeddings=np.zeros((0, 2), np.float32),
+      query_embeddings=np.array([[1.0, 0.0], _unit(0.95)], np.float32),
+      query_from_detection=np.zeros(2, bool))
+  res = protocols.run_protocols(
+      protocols.EvalOptions(det_thresh=0.5, gallery_sizes=(3,), cws=True),
+      "cuhk", gallery, queries, gal, qry, with_detection=False)
+  assert res["search/gallery_3@occlusion"]["mAP"] == pytest.approx(1.0)
+  assert res["search/gallery_3@low_resolution"]["mAP"] == pytest.approx(0.25)
+  assert res["search/gallery_3"]["mAP"] == pytest.approx(0.625)
+  assert res["search/gallery_3@occlusion+cws"]["mAP"] == pytest.approx(1.0)
+  assert res["num_queries@occlusion"] == 1
+  assert not any("@empty" in k for k in res)

@@ -80,6 +80,12 @@ _BASE_GALLERIES = [
 ]
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 
+# The hard-case subset files (annotation/test/subset/), in the two layouts
+# the builder accepts: Occlusion.mat lists the second query as a TestG-style
+# `Query` struct, Resolution.mat the first with its own imname / idlocate.
+SUBSETS = {"Occlusion.mat": ("Occlusion1", [QUERIES[1]], True),
+           "Resolution.mat": ("Test_Size", [QUERIES[0]], False)}
+
 
 def galleries(n: int) -> list[list[tuple[str, Any]]]:
   """The fake TestG<n> gallery of each query: larger sizes drop fillers."""
@@ -121,7 +127,8 @@ def write_fake_raw(manual_dir: str | pathlib.Path, *,
                    image_names: Mapping[str, str] | None = None,
                    protocol_var: Mapping[int, str] | None = None,
                    skip_images: Sequence[str] = (),
-                   skip_gallery_sizes: Sequence[int] = ()) -> pathlib.Path:
+                   skip_gallery_sizes: Sequence[int] = (),
+                   subsets: Mapping[str, Any] | None = None) -> pathlib.Path:
   """Writes the fake download under `manual_dir/dataset`; returns that root.
 
   Args:
@@ -131,6 +138,8 @@ def write_fake_raw(manual_dir: str | pathlib.Path, *,
       "testg4000"} (the default is the file stem, as in the official files).
     skip_images: JPEGs not to write.
     skip_gallery_sizes: TestG<n>.mat files not to write.
+    subsets: the subset files to write, {file: (variable, [(idname, image,
+      box)], as a `Query` struct)}; default `SUBSETS`, {} for none.
   """
   root = pathlib.Path(manual_dir) / "dataset"
   image_names = dict(image_names or {})
@@ -183,6 +192,18 @@ def write_fake_raw(manual_dir: str | pathlib.Path, *,
     var = protocol_var.get(n, f"TestG{n}")
     scipy.io.savemat(tt / f"TestG{n}.mat",
                      {var: _struct(rows, ["Query", "Gallery"])})
+
+  subset_dir = ann / "test" / "subset"
+  for file, (var, queries, nested) in (
+      SUBSETS if subsets is None else subsets).items():
+    fields = ["imname", "idlocate", "idname"]
+    rows = [{"imname": image, "idlocate": _box(box), "idname": idname}
+            for idname, image, box in queries]
+    if nested:
+      rows = [{"Query": _struct([r], fields)} for r in rows]
+      fields = ["Query"]
+    subset_dir.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(subset_dir / file, {var: _struct(rows, fields)})
   return root
 
 

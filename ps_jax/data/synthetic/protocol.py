@@ -10,6 +10,18 @@ import numpy as np
 from ps_jax.data.synthetic import config
 from ps_jax.data.synthetic import layout
 
+# Hard-case query subsets, as the OIM paper reports CUHK-SYSU's occlusion
+# (187 of 2,900 queries) and low-resolution (290) subsets: a query whose
+# person is partly hidden (the layout's visible fraction below
+# OCCLUDED_BELOW; queries are chosen with at least 0.7 visible), or shorter
+# than LOW_RESOLUTION_BELOW pixels: 99 and 67 of the 523 `default` queries
+# (CUHK-SYSU's are 6 % and 10 % of its queries).
+OCCLUSION = "occlusion"
+LOW_RESOLUTION = "low_resolution"
+SUBSETS = (OCCLUSION, LOW_RESOLUTION)
+OCCLUDED_BELOW = 0.85
+LOW_RESOLUTION_BELOW = 80.0
+
 
 def generate_queries(cfg: config.SyntheticConfig) -> list[dict[str, Any]]:
   """A CUHK-SYSU-style query protocol on the test identities.
@@ -24,7 +36,8 @@ def generate_queries(cfg: config.SyntheticConfig) -> list[dict[str, Any]]:
   Returns:
     A list, ordered by pid, of dicts: `index` (test scene of the query),
     `image_id`, `camera`, `query_box_xyxy` f32[4] pixels, `query_pid` int,
-    `galleries` {n: [image_id, ...]} (shuffled), `target_image_ids` [str].
+    `galleries` {n: [image_id, ...]} (shuffled), `target_image_ids` [str],
+    `subsets` [str]: the hard-case subsets (`SUBSETS`) the query is in.
   """
   layouts = [layout.scene_layout(cfg, "test", i)
              for i in range(cfg.num_test_scenes)]
@@ -65,6 +78,10 @@ def generate_queries(cfg: config.SyntheticConfig) -> list[dict[str, Any]]:
       members = np.concatenate([targets, distract[:n - len(targets)]])
       members = rng.permutation(members.astype(np.int64))
       galleries[n] = [layouts[t].image_id for t in members]
+    box = layouts[s].boxes_xyxy[j]
+    subsets = [name for name, hit in (
+        (OCCLUSION, layouts[s].visible[j] < OCCLUDED_BELOW),
+        (LOW_RESOLUTION, box[3] - box[1] < LOW_RESOLUTION_BELOW)) if hit]
     queries.append({
         "index": s,
         "image_id": layouts[s].image_id,
@@ -73,5 +90,6 @@ def generate_queries(cfg: config.SyntheticConfig) -> list[dict[str, Any]]:
         "query_pid": pid,
         "galleries": galleries,
         "target_image_ids": [layouts[t].image_id for t in targets],
+        "subsets": subsets,
     })
   return queries
