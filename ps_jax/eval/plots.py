@@ -10,17 +10,29 @@ polylines.
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 from collections.abc import Mapping, Sequence
 
 from PIL import Image
 from PIL import ImageDraw
+from PIL import ImageFont
 
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14),
            (148, 103, 189), (140, 86, 75))
 # A series named "<name>+cws" is drawn dashed in the colour of "<name>".
 DASHED_SUFFIX = "+cws"
+
+
+@functools.cache
+def font(size: int = 13) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+  """Pillow's built-in TrueType font at `size` px (its bitmap font where
+  Pillow has no FreeType)."""
+  try:
+    return ImageFont.load_default(size=size)
+  except (OSError, ImportError, TypeError):
+    return ImageFont.load_default()
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -62,10 +74,12 @@ def _dashed(draw: ImageDraw.ImageDraw, points, fill, width: int,
 
 def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                x_label: str, y_label: str, title: str,
-               path: str | pathlib.Path, *, size: tuple[int, int] = (720, 480)
+               path: str | pathlib.Path, *, size: tuple[int, int] = (720, 480),
+               x_ticks: Sequence[tuple[float, str]] | None = None
                ) -> pathlib.Path:
   """Draws `series` ({name: (x values, y values)}) as polylines with
-  markers, axes with round ticks, and a legend; writes a PNG to `path`.
+  markers, axes with round ticks (or the given (x, label) `x_ticks`), and a
+  legend; writes a PNG to `path`.
 
   Raises:
     ValueError: no series, or a series whose x and y differ in length.
@@ -78,7 +92,11 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                        f"{len(y)} y values")
   xs = [v for x, _ in series.values() for v in x]
   ys = [v for _, y in series.values() for v in y]
-  x_ticks = nice_ticks(min(xs, default=0.0), max(xs, default=1.0))
+  labels = None
+  if x_ticks:
+    x_ticks, labels = [t for t, _ in x_ticks], [l for _, l in x_ticks]
+  else:
+    x_ticks = nice_ticks(min(xs, default=0.0), max(xs, default=1.0))
   y_ticks = nice_ticks(min(min(ys, default=0.0), 0.0), max(ys, default=1.0))
   x_lo, x_hi = x_ticks[0], x_ticks[-1]
   y_lo, y_hi = y_ticks[0], y_ticks[-1]
@@ -86,6 +104,7 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
   left, right, top, bottom = 70, 20, 40, 60
   img = Image.new("RGB", size, "white")
   draw = ImageDraw.Draw(img)
+  draw.font = font()
 
   def px(x: float, y: float) -> tuple[float, float]:
     fx = (x - x_lo) / ((x_hi - x_lo) or 1.0)
@@ -96,10 +115,11 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     _, y = px(x_lo, t)
     draw.line([(left, y), (w - right, y)], fill=(230, 230, 230))
     draw.text((left - 8, y), f"{t:g}", fill="black", anchor="rm")
-  for t in x_ticks:
+  for i, t in enumerate(x_ticks):
     x, _ = px(t, y_lo)
     draw.line([(x, top), (x, h - bottom)], fill=(230, 230, 230))
-    draw.text((x, h - bottom + 8), f"{t:g}", fill="black", anchor="mt")
+    draw.text((x, h - bottom + 8), labels[i] if labels else f"{t:g}",
+              fill="black", anchor="mt")
   draw.rectangle([left, top, w - right, h - bottom], outline="black")
   draw.text((w / 2, 14), title, fill="black", anchor="mt")
   draw.text(((left + w - right) / 2, h - 22), x_label, fill="black",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -123,12 +125,50 @@ def write_results(results: Mapping[str, Any], path: str | pathlib.Path
   path.write_text(json.dumps(results, indent=2))
 
 
+GALLERY_CHART = "eval_gallery_sizes.png"
+
+
+def gallery_size_chart(folder: str | pathlib.Path, dataset: str
+                       ) -> pathlib.Path | None:
+  """mAP against CUHK-style gallery size (as the CUHK-SYSU papers plot it)
+  for every results file `eval_results*.json` in `folder` on `dataset`,
+  one line per evaluated model (the model, its baselines, ...), drawn to
+  `<folder>/eval_gallery_sizes.png`; None if fewer than two sizes were
+  evaluated. The x axis is logarithmic, one tick per size."""
+  folder = pathlib.Path(folder)
+  series, sizes = {}, set()
+  for path in sorted(folder.glob("eval_results*.json")):
+    try:
+      other = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+      continue  # a file being written, or not ours: not part of the chart
+    if other.get("dataset") != dataset:
+      continue
+    points = sorted(
+        (int(k[len("search/gallery_"):]), 100 * v["mAP"])
+        for k, v in other.items()
+        if re.fullmatch(r"search/gallery_\d+", k))
+    if len(points) >= 2:
+      sizes.update(n for n, _ in points)
+      series[str(other.get("model", path.stem))] = (
+          [math.log10(n) for n, _ in points], [m for _, m in points])
+  if not series:
+    return None
+  from ps_jax.eval import plots  # pylint: disable=g-import-not-at-top
+  return plots.line_chart(
+      series, "gallery size", "mAP %", f"mAP against gallery size on "
+      f"{dataset}", folder / GALLERY_CHART,
+      x_ticks=[(math.log10(n), str(n)) for n in sorted(sizes)])
+
+
 def finish(results: dict[str, Any], workdir: str | pathlib.Path,
            output: str | pathlib.Path | None, name: str) -> dict[str, Any]:
   """Writes `results` to `output`, else `<workdir>/<name>`, records the path
   in `results["output"]`, draws the PRW paper protocol's curves beside it
   (`<name>_prw_paper.png`, recorded as `results["prw_paper_chart"]`) when
-  the results have them, logs the table, and returns `results`."""
+  the results have them, redraws the mAP-against-gallery-size chart of
+  every `eval_results*.json` beside it (`gallery_size_chart`), logs the
+  table, and returns `results`."""
   out = pathlib.Path(output) if output else pathlib.Path(workdir) / name
   results["output"] = str(out)
   if "prw_paper/num_queries" in results and jax.process_index() == 0:
@@ -136,5 +176,10 @@ def finish(results: dict[str, Any], workdir: str | pathlib.Path,
     if png is not None:
       results["prw_paper_chart"] = str(png)
   write_results(results, out)
+  if (jax.process_index() == 0 and out.name.startswith("eval_results")
+      and out.suffix == ".json"):
+    chart = gallery_size_chart(out.parent, results.get("dataset"))
+    if chart is not None:
+      results["gallery_size_chart"] = str(chart)
   logging.info("Evaluation (%s):\n%s", results["model"], format_table(results))
   return results

@@ -15,7 +15,6 @@ Boxes are [x1, y1, x2, y2] pixels of the image they belong to.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Sequence
 
@@ -24,6 +23,7 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from ps_jax.eval import plots
 from ps_jax.search import images as images_lib
 from ps_jax.search import index as index_lib
 from ps_jax.search import query as query_lib
@@ -46,12 +46,8 @@ HALO = (255, 255, 255)
 ImageLoader = Callable[[query_lib.Hit], np.ndarray]
 
 
-@functools.cache
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-  try:
-    return ImageFont.load_default(size=TEXT_SIZE)
-  except (OSError, ImportError, TypeError):  # Pillow without FreeType
-    return ImageFont.load_default()
+  return plots.font(TEXT_SIZE)
 
 
 def _fit(text: str, width: int) -> str:

@@ -44,3 +44,25 @@ def test_report_draws_the_prw_paper_curves_only_when_present(tmp_path):
   assert Image.open(out["prw_paper_chart"]).size == (720, 480)
   out = report.finish({"model": "m"}, tmp_path, None, "other.json")
   assert "prw_paper_chart" not in out
+
+
+def test_gallery_size_chart_draws_every_model_of_the_dataset(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  for name, dataset, model, sizes in [
+      ("eval_results.json", "d", "step_9", (50, 100, 500)),
+      ("eval_results_color_hist.json", "d", "baseline", (50, 100)),
+      ("eval_results_other.json", "e", "elsewhere", (50, 100)),
+      ("eval_results_untrained.json", "d", "untrained", (50,))]:
+    rows = {f"search/gallery_{n}": {"mAP": 0.5} for n in sizes}
+    rows["search/gallery_50+cws"] = {"mAP": 0.9}
+    (tmp_path / name).write_text(json.dumps(
+        {"dataset": dataset, "model": model, **rows}))
+  (tmp_path / "eval_results_broken.json").write_text("{")
+  path = report.gallery_size_chart(tmp_path, "d")
+  assert path == tmp_path / "eval_gallery_sizes.png"
+  img = np.asarray(Image.open(path).convert("RGB"))
+  colours = {tuple(c) for c in img.reshape(-1, 3)}
+  # Two models with two or more sizes: two lines; one size is no line.
+  assert plots.COLOURS[0] in colours and plots.COLOURS[1] in colours
+  assert plots.COLOURS[2] not in colours
+  assert report.gallery_size_chart(tmp_path, "nothing") is None
