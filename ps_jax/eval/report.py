@@ -29,19 +29,24 @@ def format_table(results: Mapping[str, Any]) -> str:
   title = " ".join(f"{k}={results[k]}" for k in ("dataset", "model")
                    if k in results)
   lines = [title] if title else []
-  lines.append(f"{'search':<22}{'mAP':>8}{'(95% CI)':>15}{'top-1':>8}"
-               f"{'(95% CI)':>15}{'top-5':>8}{'top-10':>8}")
+  base = results.get("full_set_base", 50)
+  rows = []
   for key, v in results.items():
     if key.startswith("search/"):
       name = key[7:]
-      base = results.get("full_set_base", 50)
       if name.split("+")[0].split("@")[0] == "full_set" and base != 50:
         name = name.replace("full_set", f"full_set(+{base})", 1)
-      lines.append(f"{name:<22}{100 * v['mAP']:>8.2f}"
-                   f"{interval(v.get('mAP_ci95')):>15}"
-                   f"{100 * v['top1']:>8.2f}"
-                   f"{interval(v.get('top1_ci95')):>15}"
-                   f"{100 * v['top5']:>8.2f}{100 * v['top10']:>8.2f}")
+      rows.append((name, v))
+  # Subset rows (gallery_100@low_resolution+cws) widen the name column.
+  width = max([22] + [len(name) + 2 for name, _ in rows])
+  lines.append(f"{'search':<{width}}{'mAP':>8}{'(95% CI)':>15}{'top-1':>8}"
+               f"{'(95% CI)':>15}{'top-5':>8}{'top-10':>8}")
+  for name, v in rows:
+    lines.append(f"{name:<{width}}{100 * v['mAP']:>8.2f}"
+                 f"{interval(v.get('mAP_ci95')):>15}"
+                 f"{100 * v['top1']:>8.2f}"
+                 f"{interval(v.get('top1_ci95')):>15}"
+                 f"{100 * v['top5']:>8.2f}{100 * v['top10']:>8.2f}")
   det = [(k[10:], v) for k, v in results.items()
          if k.startswith("detection/")]
   if det:
