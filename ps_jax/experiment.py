@@ -454,7 +454,7 @@ def eval_options(config: Any) -> protocols.EvalOptions:
   duplicates = values.get("duplicates", protocols.EvalOptions.duplicates)
   _require(duplicates in protocols.DUPLICATES, "eval.duplicates", duplicates,
            f"one of {protocols.DUPLICATES}")
-  for name in ("cws", "prw_paper"):
+  for name in ("cws", "prw_paper", "cbgm"):
     _require(isinstance(values.get(name, False), bool), f"eval.{name}",
              values.get(name), "True or False")
   return protocols.EvalOptions(**values)

@@ -123,6 +123,8 @@ def test_bad_run_values_fail_before_any_work():
     ("eval", "duplicates", "twice", "one of .*'repeat'"),
     ("eval", "cws", "yes", "True or False"),
     ("eval", "prw_paper", 1, "True or False"),
+    ("eval", "cbgm", "on", "True or False"),
+    ("eval", "cbgm_k2", -3, "an integer >= 0"),
     ("optim", "norm_weight_decay", "yes", "True or False"),
     ("dataset", "name", "cuhk", "one of .*cuhk_sysu"),
 ])

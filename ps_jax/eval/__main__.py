@@ -13,13 +13,12 @@ evaluated together.
 
 The config is the one saved with the checkpoint unless --config names a
 config file (`path.py` or `path.py:arg`); --det_thresh, --query_mode, --cws,
---prw_paper, --gallery_sizes and --data_dir override its `eval` / `dataset`
-entries. The
-table goes to stdout, the results to <workdir>/eval_results.json
-(eval_results_untrained.json, eval_results_color_hist.json for the
-baselines), predictions to <workdir>/eval_cache/ (re-used by later runs
-with the same model, dataset and predict settings; --no_cache predicts
-again).
+--prw_paper, --cbgm, --gallery_sizes and --data_dir override its `eval` /
+`dataset` entries. The table goes to stdout, the results to
+<workdir>/eval_results.json (eval_results_untrained.json,
+eval_results_color_hist.json for the baselines), predictions to
+<workdir>/eval_cache/ (re-used by later runs with the same model, dataset
+and predict settings; --no_cache predicts again).
 
 A finished run on read-only storage is evaluated with --output:
 
@@ -126,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
                       "draw its curve, mAP / rank-1 against detections per "
                       "image, to <results>_prw_paper.png (default: "
                       "config.eval.prw_paper, else off)")
+  p.add_argument("--cbgm", action="store_true", default=None,
+                 help="also rank with context bipartite graph matching "
+                      "(SeqNet's CBGM: the other people of the query image "
+                      "re-score the most similar gallery images); extra rows "
+                      "named <gallery>+cbgm (default: config.eval.cbgm, "
+                      "else off; k1/k2: config.eval.cbgm_k1/_k2)")
   p.add_argument("--data_dir", default=None,
                  help="where the TFDS dataset lives, if not where the "
                       "config says")
@@ -165,7 +170,7 @@ def _with_overrides(config: Any, args: argparse.Namespace) -> dict[str, Any]:
   plain = experiment.plain_config(config)
   overrides = {"det_thresh": args.det_thresh, "query_mode": args.query_mode,
                "gallery_sizes": args.gallery_sizes, "cws": args.cws,
-               "prw_paper": args.prw_paper}
+               "prw_paper": args.prw_paper, "cbgm": args.cbgm}
   for key, value in overrides.items():
     if value is not None:
       plain["eval"][key] = list(value) if isinstance(value, tuple) else value

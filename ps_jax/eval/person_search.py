@@ -2,7 +2,7 @@
 
 Reproduces `eval_search_cuhk` / `eval_search_prw` of SeqNet `eval_func.py`
 (COAT copies it; AlignPS `tools/test_results*.py` and OIM `psdb.py` share the
-core), see docs/evaluation.md, without CBGM. Per query:
+core), see docs/evaluation.md; CBGM is an option (`cbgm.py`). Per query:
 
   * gallery detections with score >= `det_thresh` take part (SeqNet/COAT 0.5;
     AlignPS 0.2 on CUHK-SYSU, 0.15 on PRW); similarity = dot product of the
@@ -60,14 +60,7 @@ Inputs are plain NumPy (see `Gallery`, `Queries`). Boxes are xyxy in
 original image pixels; `integer_gt_boxes=True` truncates GT boxes to
 integers like the reference data (see `detection.truncate_boxes`).
 
-Speed: detections of all gallery images are concatenated once; queries are
-processed with one matrix product per chunk of queries (shared by all gallery
-sizes of one `eval_search_cuhk` call; small galleries alone gather their
-embeddings per query instead), and AP needs only counts at the few
-true-positive scores (`ap.count_at_least`), never a sort of the gallery.
-Similarities are computed in the embeddings' dtype (float32 like the
-reference), so results can differ from it only where two similarities are
-within float rounding of each other.
+How it is made fast is in docs/evaluation.md ("Speed").
 """
 
 from __future__ import annotations
@@ -80,6 +73,7 @@ import numpy as np
 
 from ps_jax.eval import ap as ap_lib
 from ps_jax.eval import bootstrap
+from ps_jax.eval import cbgm as cbgm_lib
 from ps_jax.eval import detection
 
 FULL_SET = -1
@@ -102,10 +96,7 @@ FullSet = Literal["seqnet", "psdb"]
 
 @dataclasses.dataclass(frozen=True)
 class Gallery:
-  """Predictions and annotations of the gallery images, in one order.
-
-  The gallery is the scene test split (6,978 images for CUHK-SYSU, 6,112
-  frames for PRW). `G` below is the number of images.
+  """Predictions and annotations of the G gallery images (the test split).
 
   Attributes:
     image_ids: G unique names (the schema's `image_id`).
@@ -474,16 +465,13 @@ def gallery_indices(gallery: Gallery | Sequence[str],
   return out
 
 
-def eval_search_cuhk(gallery: Gallery,
-                     queries: Queries,
-                     gallery_sizes: Sequence[int] = (100,),
-                     *,
-                     det_thresh: float = 0.5,
-                     duplicates: Duplicates = "seqnet",
-                     full_set: FullSet = "seqnet",
-                     full_set_base: int = 50,
-                     integer_gt_boxes: bool = True,
-                     cws: bool = False) -> dict[int, SearchResult]:
+def eval_search_cuhk(gallery: Gallery, queries: Queries,
+                     gallery_sizes: Sequence[int] = (100,), *,
+                     det_thresh: float = 0.5, duplicates: Duplicates = "seqnet",
+                     full_set: FullSet = "seqnet", full_set_base: int = 50,
+                     integer_gt_boxes: bool = True, cws: bool = False,
+                     cbgm: cbgm_lib.Context | None = None
+                     ) -> dict[int, SearchResult]:
   """CUHK-SYSU protocol for each gallery size (see the module docstring).
 
   Evaluating several sizes in one call shares the gallery preparation and the
@@ -502,6 +490,7 @@ def eval_search_cuhk(gallery: Gallery,
       reference: 50, TestG50).
     integer_gt_boxes: truncate GT boxes to integers like the reference data.
     cws: rank by similarity x detection score (module docstring).
+    cbgm: re-score each query's listed images (`cbgm.py`).
 
   Returns:
     gallery size -> SearchResult.
@@ -533,7 +522,7 @@ def eval_search_cuhk(gallery: Gallery,
                                   f"galleries[{key}]")
     listed_dets = np.mean([flat.det_count[l].sum() for l in lists[size][:50]]
                           ) if num_q else 0.0
-    use_matmul |= (size == FULL_SET or
+    use_matmul |= (size == FULL_SET or cbgm is not None or
                    listed_dets > _GATHER_FRACTION * flat.num_dets)
   out = {size: (np.zeros(num_q), np.zeros((num_q, len(TOP_K)), bool),
                 np.zeros(num_q, np.int64), np.zeros(num_q, np.int64))
@@ -546,6 +535,12 @@ def eval_search_cuhk(gallery: Gallery,
     for q in range(c0, c1):
       for size in sizes:
         sims = sims_chunk[q - c0] if use_matmul else None
+        if cbgm is not None:
+          imgs = np.unique(lists[size][q])
+          sims = cbgm_lib.rescore(
+              sims, _ranges(flat.det_start[imgs], flat.det_count[imgs]),
+              flat.feats, flat.det_start, cbgm.feats[q], k1=cbgm.k1,
+              k2=cbgm.k2)
         aps, hits, count_tp, count_gt = out[size]
         aps[q], hits[q], count_tp[q], count_gt[q] = _cuhk_query(
             flat, q_feats[q], int(q_pids[q]), int(q_img[q]), lists[size][q],
@@ -627,13 +622,10 @@ def _cuhk_query(flat: _FlatGallery, q_feat: np.ndarray, q_pid: int,
   return ap, hits, int(tp_pos.sum()), count_gt
 
 
-def eval_search_prw(gallery: Gallery,
-                    queries: Queries,
-                    *,
-                    det_thresh: float = 0.5,
-                    multi_view: bool = False,
-                    integer_gt_boxes: bool = True,
-                    cws: bool = False) -> SearchResult:
+def eval_search_prw(gallery: Gallery, queries: Queries, *,
+                    det_thresh: float = 0.5, multi_view: bool = False,
+                    integer_gt_boxes: bool = True, cws: bool = False,
+                    cbgm: cbgm_lib.Context | None = None) -> SearchResult:
   """PRW protocol (see the module docstring).
 
   Args:
@@ -645,6 +637,7 @@ def eval_search_prw(gallery: Gallery,
       `ignore_cam_id=False`); default: every frame but the query's own.
     integer_gt_boxes: truncate GT boxes to integers like the reference data.
     cws: rank by similarity x detection score (module docstring).
+    cbgm: re-score each query's gallery (`cbgm.py`).
 
   Returns:
     SearchResult.
@@ -664,6 +657,7 @@ def eval_search_prw(gallery: Gallery,
     det_cam = np.repeat(flat.cameras, flat.det_count)
     cam_dets = {int(c): np.flatnonzero(det_cam == c)
                 for c in np.unique(flat.cameras)}
+  det_img = np.repeat(np.arange(flat.det_count.size), flat.det_count)
   aps = np.zeros(num_q)
   hits = np.zeros((num_q, len(TOP_K)), bool)
   count_tp = np.zeros(num_q, np.int64)
@@ -673,6 +667,11 @@ def eval_search_prw(gallery: Gallery,
     sims_chunk = q_feats[c0:c1] @ flat.feats.T
     for q in range(c0, c1):
       sims = sims_chunk[q - c0]
+      if cbgm is not None:  # every frame ranked for this query
+        ranked = np.flatnonzero((det_img != q_img[q]) & (
+            det_cam != q_cam[q] if multi_view else True))
+        sims = cbgm_lib.rescore(sims, ranked, flat.feats, flat.det_start,
+                                cbgm.feats[q], k1=cbgm.k1, k2=cbgm.k2)
       lo, hi = flat.pid_range.get(int(q_pids[q]), (0, 0))
       pairs = np.arange(lo, hi)
       imgs = flat.pair_img[pairs]

@@ -31,6 +31,7 @@ from absl import logging
 from PIL import Image
 
 from ps_jax.data import schema
+from ps_jax.eval import cbgm
 from ps_jax.eval import detection
 from ps_jax.eval import person_search
 from ps_jax.eval import predict
@@ -64,17 +65,30 @@ class EvalOptions:
       another camera, mAP / rank-1 / rank-20 against the detections per
       image) on every cached detection, as `prw_paper/...` rows; its curve
       is drawn beside the results file.
+    cbgm: also score every search protocol with context bipartite graph
+      matching (`cbgm.py`, SeqNet), as extra rows `search/<gallery>+cbgm`
+      (and `+cws+cbgm` with `cws`).
+    cbgm_k1, cbgm_k2: its k1 and k2; 0 takes SeqNet's per protocol (10 and
+      3 CUHK-SYSU, 30 and 4 PRW).
   """
   det_thresh: float = 0.5
   gallery_sizes: tuple[int, ...] = ()
   duplicates: str = "seqnet"
   cws: bool = False
   prw_paper: bool = False
+  cbgm: bool = False
+  cbgm_k1: int = 0
+  cbgm_k2: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "det_thresh", float(self.det_thresh))
     object.__setattr__(self, "gallery_sizes",
                        tuple(int(n) for n in self.gallery_sizes or ()))
+    for name in ("cbgm_k1", "cbgm_k2"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"eval.{name}={value!r}; expected an integer >= 0 "
+                         "(0: SeqNet's value for the protocol)")
     if self.duplicates not in DUPLICATES:
       raise ValueError(f"eval.duplicates={self.duplicates!r}; expected one "
                        f"of {DUPLICATES}")
@@ -282,8 +296,21 @@ def run_protocols(options: EvalOptions, protocol: str,
   results: dict[str, Any] = {"protocol": protocol, "det_thresh": det_thresh,
                              "num_queries": len(query_info.pids),
                              "num_gallery_images": num}
-  weightings = ((False, ""), (True, "+cws")) if options.cws else (
-      (False, ""),)
+  context = None
+  if options.cbgm:
+    k1, k2 = cbgm.DEFAULTS[protocol]
+    context = cbgm.Context(
+        feats=[cbgm.query_context(
+            qry.query_embeddings[r], query_info.boxes[r], qry.dets(r)[:, :4],
+            qry.dets(r)[:, 4], qry.feats(r), det_thresh=det_thresh)
+               for r in range(len(query_info.pids))],
+        k1=options.cbgm_k1 or k1, k2=options.cbgm_k2 or k2)
+  # (CWS, CBGM context, row suffix) of every ranking asked for.
+  weightings = [(cws, ctx, suffix + csuffix)
+                for cws, suffix in ((False, ""), (True, "+cws"))
+                if cws <= options.cws
+                for ctx, csuffix in ((None, ""), (context, "+cbgm"))
+                if csuffix == "" or context is not None]
   sizes = base = None
   if protocol == "cuhk":
     requested = options.gallery_sizes
@@ -306,18 +333,20 @@ def run_protocols(options: EvalOptions, protocol: str,
     at = f"@{subset}" if subset else ""
     if idx is not None:
       results[f"num_queries{at}"] = len(idx)
-    for cws, suffix in weightings:
+    for cws, ctx, suffix in weightings:
+      if ctx is not None and idx is not None:
+        ctx = cbgm.Context([ctx.feats[i] for i in idx], ctx.k1, ctx.k2)
       if protocol == "prw":
         for name, multi_view in (("all_cameras", False),
                                  ("cross_camera", True)):
           results[f"search/{name}{at}{suffix}"] = (
               person_search.eval_search_prw(
                   gallery, part, det_thresh=det_thresh,
-                  multi_view=multi_view, cws=cws).as_dict())
+                  multi_view=multi_view, cws=cws, cbgm=ctx).as_dict())
         continue
       by_size = person_search.eval_search_cuhk(
           gallery, part, sizes, det_thresh=det_thresh, full_set_base=base,
-          duplicates=options.duplicates, cws=cws)
+          duplicates=options.duplicates, cws=cws, cbgm=ctx)
       for n in sizes:
         results[f"search/{_size_name(n)}{at}{suffix}"] = by_size[n].as_dict()
   if options.prw_paper:

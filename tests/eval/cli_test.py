@@ -65,6 +65,15 @@ def test_prw_paper_protocol_rows_and_curve(workdir, capsys):
   assert (workdir / "paper_prw_paper.png").is_file()
 
 
+def test_cbgm_rows(workdir, capsys):
+  assert eval_main.main(["--workdir", str(workdir), "--cbgm",
+                         "--gallery_sizes", "10",
+                         "--output", str(workdir / "cbgm.json")]) == 0
+  assert "gallery_10+cbgm" in capsys.readouterr().out
+  results = json.loads((workdir / "cbgm.json").read_text())
+  assert {"search/gallery_10", "search/gallery_10+cbgm"} <= set(results)
+
+
 def test_untrained_is_evaluated_beside_the_checkpoint(workdir, capsys):
   assert eval_main.main(["--workdir", str(workdir), "--untrained",
                          "--gallery_sizes", "10"]) == 0

@@ -115,3 +115,29 @@ def test_hard_case_subsets_are_scored_on_their_queries_alone():
   assert res["search/gallery_3@occlusion+cws"]["mAP"] == pytest.approx(1.0)
   assert res["num_queries@occlusion"] == 1
   assert not any("@empty" in k for k in res)
+
+
+def test_cbgm_rows_beside_the_plain_and_cws_ones():
+  """The query image's other person (a detection away from the query box)
+  is the context; here it matches nobody better than the query does, so
+  the CBGM rows equal the plain ones, and the rows exist in every
+  combination asked for."""
+  gallery, queries, gal, qry = _duplicated_split()
+  qry = predict.SplitPredictions(
+      image_ids=np.array(["q"]), orig_hw=np.full((1, 2), 200),
+      det_offsets=np.array([0, 1]),
+      boxes=np.array([[100.0, 10.0, 150.0, 110.0]], np.float32),
+      scores=np.ones(1, np.float32),
+      embeddings=np.array([_unit(0.0)], np.float32),
+      query_embeddings=np.array([[1.0, 0.0]], np.float32),
+      query_from_detection=np.zeros(1, bool))
+  res = protocols.run_protocols(
+      protocols.EvalOptions(det_thresh=0.5, gallery_sizes=(3,), cws=True,
+                            cbgm=True), "cuhk", gallery, queries, gal, qry,
+      with_detection=False)
+  for suffix in ("", "+cws", "+cbgm", "+cws+cbgm"):
+    assert f"search/gallery_3{suffix}" in res
+  assert res["search/gallery_3+cbgm"]["mAP"] == pytest.approx(
+      res["search/gallery_3"]["mAP"])
+  with pytest.raises(ValueError, match="eval.cbgm_k1=-1"):
+    protocols.EvalOptions(cbgm_k1=-1)
