@@ -133,20 +133,28 @@ def write_results(results: Mapping[str, Any], path: str | pathlib.Path
 GALLERY_CHART = "eval_gallery_sizes.png"
 
 
-def gallery_size_chart(folder: str | pathlib.Path, dataset: str
-                       ) -> pathlib.Path | None:
+def gallery_size_chart(folder: str | pathlib.Path, dataset: str,
+                       current: tuple[pathlib.Path, Mapping[str, Any]]
+                       | None = None) -> pathlib.Path | None:
   """mAP against CUHK-style gallery size (as the CUHK-SYSU papers plot it)
   for every results file `eval_results*.json` in `folder` on `dataset`,
   one line per evaluated model (the model, its baselines, ...), drawn to
   `<folder>/eval_gallery_sizes.png`; None if fewer than two sizes were
-  evaluated. The x axis is logarithmic, one tick per size."""
+  evaluated. The x axis is logarithmic, one tick per size. `current`,
+  (path, results) of results not yet written, stands in for that file."""
   folder = pathlib.Path(folder)
   series, sizes = {}, set()
-  for path in sorted(folder.glob("eval_results*.json")):
-    try:
-      other = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-      continue  # a file being written, or not ours: not part of the chart
+  paths = set(folder.glob("eval_results*.json"))
+  if current is not None:
+    paths.add(current[0])
+  for path in sorted(paths):
+    if current is not None and path == current[0]:
+      other = current[1]
+    else:
+      try:
+        other = json.loads(path.read_text(encoding="utf-8"))
+      except (OSError, ValueError):
+        continue  # a file being written, or not ours: not in the chart
     if other.get("dataset") != dataset:
       continue
     points = sorted(
@@ -180,11 +188,12 @@ def finish(results: dict[str, Any], workdir: str | pathlib.Path,
     png = prw_paper_chart(results, out.with_name(out.stem + "_prw_paper.png"))
     if png is not None:
       results["prw_paper_chart"] = str(png)
-  write_results(results, out)
   if (jax.process_index() == 0 and out.name.startswith("eval_results")
       and out.suffix == ".json"):
-    chart = gallery_size_chart(out.parent, results.get("dataset"))
+    chart = gallery_size_chart(out.parent, results.get("dataset"),
+                               current=(out, results))
     if chart is not None:
       results["gallery_size_chart"] = str(chart)
+  write_results(results, out)
   logging.info("Evaluation (%s):\n%s", results["model"], format_table(results))
   return results

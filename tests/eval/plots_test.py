@@ -44,6 +44,14 @@ def test_report_draws_the_prw_paper_curves_only_when_present(tmp_path):
   assert Image.open(out["prw_paper_chart"]).size == (720, 480)
   out = report.finish({"model": "m"}, tmp_path, None, "other.json")
   assert "prw_paper_chart" not in out
+  # The results file holds what finish returns, chart paths included.
+  row = {"mAP": 0.5, "top1": 0.5, "top5": 0.6, "top10": 0.7}
+  rows = {"dataset": "d", "model": "m", "search/gallery_50": row,
+          "search/gallery_100": row}
+  out = report.finish(rows, tmp_path, None, "eval_results_new.json")
+  assert out["gallery_size_chart"] == str(tmp_path / "eval_gallery_sizes.png")
+  import json  # pylint: disable=g-import-not-at-top
+  assert json.loads((tmp_path / "eval_results_new.json").read_text()) == out
 
 
 def test_gallery_size_chart_draws_every_model_of_the_dataset(tmp_path):
