@@ -10,7 +10,9 @@ context; it needs no training. For one query (SeqNet's `eval_func.py`):
    person's own detections; here detections overlapping the query box by
    IoU >= `nms_iou` are dropped instead, and those below `det_thresh` too.
 2. Rank the query's gallery detections by similarity as usual, and take the
-   gallery images of the `k1` most similar ones.
+   gallery images of the `k1` most similar ones (a partition, not a sort:
+   among detections tied at the k1-th similarity the pick is arbitrary, as
+   with the reference's unstable argsort).
 3. For each such image, build the complete bipartite graph between the
    first `k2` context embeddings (the query and its k2 - 1 most confident
    companions) and every detection of the image, weighted by the cosine.
@@ -106,7 +108,9 @@ def rescore(sims: np.ndarray, dets: np.ndarray, feats: np.ndarray,
   sims = np.array(sims)
   if not len(dets):
     return sims
-  top = dets[np.argsort(sims[dets], kind="stable")[-k1:]]
+  values = sims[dets]
+  top = (dets if len(dets) <= k1 else
+         dets[np.argpartition(values, len(values) - k1)[-k1:]])
   people = context[:k2]
   for img in np.unique(np.searchsorted(det_start, top, side="right") - 1):
     g = np.arange(det_start[img], det_start[img + 1])
