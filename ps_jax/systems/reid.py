@@ -49,6 +49,8 @@ from ps_jax.ops import vectors
 from ps_jax.systems import base
 
 MODELS = {"ide": ide_lib.IDE, "mlfn": mlfn_lib.MLFN, "glad": glad_lib.GLAD}
+# Compute dtypes a crop net's `model.dtype` may name.
+DTYPES = ("float32", "bfloat16", "float16")
 # Batch-norm module names of the ResNet ("bn1", "downsample_bn"), GoogLeNet
 # ("bn") and MLFN ("fm_bn1", "fc_x_bn", "fsm/bn3") layouts.
 _FROZEN_BN_NAME = re.compile(r"(^|_)bn\d*$")
@@ -318,6 +320,10 @@ def from_options(name: str, *, model: Mapping[str, Any],
                      "re-ID system; it has no prediction options")
   values = dict(model)
   values.setdefault("num_classes", int(num_ids))
+  if values.get("dtype") not in (None, *DTYPES):
+    raise ValueError(f"model.dtype={values['dtype']!r}; expected one of "
+                     f"{list(DTYPES)} (the compute dtype; parameters stay "
+                     "float32)")
   network = base.typed("model", MODELS[name], values)
   if hasattr(network, "check"):
     network.check()

@@ -103,6 +103,8 @@ def test_the_classifier_gets_the_dataset_identities():
      "label_smoothing"),
     (dict(model={}, loss={}, predict={"det_thresh2": 0.5}), "det_thresh2"),
     (dict(model={"dropout": 2.0}, loss={}, predict={}), "dropout"),
+    (dict(model={"dtype": "bf16"}, loss={}, predict={}),
+     r"model.dtype='bf16'; expected one of \['float32', 'bfloat16'"),
 ])
 def test_bad_options_are_named(sections, match):
   with pytest.raises(ValueError, match=match):
