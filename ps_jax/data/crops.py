@@ -55,12 +55,12 @@ Evaluation batches (`eval_batches`) have the same keys plus
 Padding examples have a zero image, pid -2 (not -1, which is Market's junk
 id), camera -1, index -1, zero keypoints and `has_keypoints` False.
 
-Samplers (`sampler`). All randomness comes from the seed, the process index
-and the position in this process's stream of examples, as in `pipeline.py`:
-the same seed gives the same batches, and an iterator restored with
-`set_state` continues exactly.
-  "random"    Process p of n reads records p, p + n, ... (Grain `ds[p::n]`)
-              and reshuffles its shard every epoch; batches run across epoch
+Samplers (`sampler`). Both define one global stream (`ps_jax.data.order`):
+process p of n takes slice p of every global batch of G = batch_size x n,
+and all randomness comes from the seed and the global position, as in
+`pipeline.py`: the same seed gives the same global batches on any number of
+processes, and an iterator restored with `set_state` continues exactly.
+  "random"    All records, reshuffled every epoch; batches run across epoch
               boundaries.
   "identity"  torchreid's RandomIdentitySampler, P x K batches
               (`identity_epoch_batches`): every epoch, each identity's crops
@@ -112,6 +112,7 @@ from PIL import Image
 
 from ps_jax import checks
 from ps_jax.data import augment
+from ps_jax.data import order
 from ps_jax.data import pipeline
 from ps_jax.data.pipeline import num_eval_batches
 
@@ -366,22 +367,22 @@ def _features(ex: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 class _TrainExample:
-  """(stream position, record index) -> one augmented training example.
+  """(global stream position, record index) -> one augmented training
+  example.
 
   A module-level class, so Grain can pickle it into worker processes.
   """
 
-  def __init__(self, source, cfg: CropPipelineConfig, seed: int,
-               process_index: int):
+  def __init__(self, source, cfg: CropPipelineConfig, seed: int):
     self._source = source
     self._cfg = cfg
     self._seed = seed
-    self._process_index = process_index
 
-  def __call__(self, position: int, record: int) -> dict[str, np.ndarray]:
+  def __call__(self, g: int, record: int) -> dict[str, np.ndarray]:
     cfg = self._cfg
-    rng = np.random.default_rng(
-        [int(self._seed) % 2**32, self._process_index, int(position)])
+    # The 0 stood for the process index when each process had its own
+    # stream; kept so that single-process streams stay as they were.
+    rng = np.random.default_rng([int(self._seed) % 2**32, 0, int(g)])
     ex = decode(_read(self._source, int(record)), int(record))
     size = (random_translate if cfg.random_crop else resize)
     for op in (
@@ -476,7 +477,7 @@ def identity_epoch_batches(pids: np.ndarray, num_instances: int,
 
 
 class _IdentitySchedule:
-  """Stream position of a process -> record, over epochs of
+  """Global stream position -> record, over epochs of
   `identity_epoch_batches` (whose lengths vary).
 
   Thread-safe (Grain's reader threads share it) and picklable.
@@ -485,15 +486,13 @@ class _IdentitySchedule:
   # Epoch orders kept, for the threads reading across an epoch boundary.
   _CACHED_EPOCHS = 3
 
-  def __init__(self, pids: np.ndarray, num_instances: int, batch_size: int,
-               process_index: int, process_count: int, seed: int):
+  def __init__(self, pids: np.ndarray, num_instances: int, global_batch: int,
+               seed: int):
     self._pids = np.asarray(pids, np.int64)
     self._k = int(num_instances)
-    self._batch = int(batch_size)
-    self._pi = int(process_index)
-    self._global = int(batch_size) * int(process_count)
+    self._global = int(global_batch)
     self._seed = int(seed)
-    self._ends: list[int] = []  # per-process positions through epoch e
+    self._ends: list[int] = []  # global positions through epoch e
     self._orders: collections.OrderedDict[int, np.ndarray] = (
         collections.OrderedDict())
     self._lock = threading.Lock()
@@ -512,47 +511,34 @@ class _IdentitySchedule:
   def _epoch_batches(self, epoch: int) -> np.ndarray:
     """[num_batches, G] of `epoch` (cached; call with the lock held or
     before sharing)."""
-    order = self._orders.get(epoch)
-    if order is None:
-      order = identity_epoch_batches(self._pids, self._k, self._global,
+    batches = self._orders.get(epoch)
+    if batches is None:
+      batches = identity_epoch_batches(self._pids, self._k, self._global,
                                      self._seed, epoch)
-      self._orders[epoch] = order
+      self._orders[epoch] = batches
       while len(self._orders) > self._CACHED_EPOCHS:
         self._orders.popitem(last=False)
       if epoch == len(self._ends):
         start = self._ends[-1] if self._ends else 0
-        self._ends.append(start + len(order) * self._batch)
+        self._ends.append(start + batches.size)
     else:
       self._orders.move_to_end(epoch)
-    return order
+    return batches
 
-  def locate(self, position: int) -> tuple[int, int]:
-    """(epoch, position within the epoch) of a stream position."""
+  def locate(self, g: int) -> tuple[int, int]:
+    """(epoch, position within the epoch) of a global position."""
     with self._lock:
-      while not self._ends or self._ends[-1] <= position:
+      while not self._ends or self._ends[-1] <= g:
         self._epoch_batches(len(self._ends))
-      epoch = int(np.searchsorted(self._ends, position, side="right"))
+      epoch = int(np.searchsorted(self._ends, g, side="right"))
       start = self._ends[epoch - 1] if epoch else 0
-      return epoch, position - start
+      return epoch, g - start
 
-  def record(self, position: int) -> int:
-    epoch, offset = self.locate(int(position))
+  def __call__(self, g: int) -> int:
+    epoch, offset = self.locate(int(g))
     with self._lock:
-      order = self._epoch_batches(epoch)
-    batch, slot = divmod(offset, self._batch)
-    return int(order[batch, self._pi * self._batch + slot])
-
-
-class _IdentityTrainExample:
-  """Stream position -> the training example of the record the identity
-  sampler puts there. A module-level class, so Grain can pickle it."""
-
-  def __init__(self, example: _TrainExample, schedule: _IdentitySchedule):
-    self._example = example
-    self._schedule = schedule
-
-  def __call__(self, position: int, _: Any) -> dict[str, np.ndarray]:
-    return self._example(position, self._schedule.record(position))
+      batches = self._epoch_batches(epoch)
+    return int(batches.reshape(-1)[offset])
 
 
 def train_dataset(source: Sequence[Mapping[str, Any]],
@@ -568,21 +554,13 @@ def train_dataset(source: Sequence[Mapping[str, Any]],
   n = len(source)
   if n == 0:
     raise ValueError("the training data source is empty")
-  example = _TrainExample(source, cfg, seed, pi)
+  example = _TrainExample(source, cfg, seed)
   if cfg.sampler == "identity":
-    schedule = _IdentitySchedule(record_pids(source), cfg.num_instances,
-                                 cfg.batch_size, pi, pc, seed)
-    ds = (grain.MapDataset.range(1)
-          .repeat(None)
-          .map_with_index(_IdentityTrainExample(example, schedule)))
+    record_of = _IdentitySchedule(record_pids(source), cfg.num_instances,
+                                  cfg.batch_size * pc, seed)
   else:
-    if n < pc:
-      raise ValueError(f"the data source has {n} records, fewer than the "
-                       f"{pc} processes reading it")
-    ds = (grain.MapDataset.range(n)[pi::pc]
-          .shuffle(seed=seed % 2**32)
-          .repeat(None)
-          .map_with_index(example))
+    record_of = order.ShuffledOrder(n, seed)
+  ds = order.stream(example, record_of, cfg.batch_size, pi, pc)
   return _to_iter(ds.batch(cfg.batch_size, drop_remainder=True), cfg)
 
 

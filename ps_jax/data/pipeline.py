@@ -38,10 +38,13 @@ batch to its largest image. The expected scale of an image is the same (each
 bucket is equally likely), but the images of a batch are never at different
 scales.
 
-Multi-process: process p of n reads records p, p + n, p + 2n, ... of the
-source (Grain `ds[p::n]`) and shuffles its own shard; all processes must use
-the same seed. Shards differ in size by at most one record, so epochs end at
-slightly different steps on different processes; training is step-based.
+Multi-process: the training stream is global (`ps_jax.data.order`): every
+epoch shuffles all records, global batch k is positions [k G, (k + 1) G) of
+that order (G = B x process_count) and process p takes slice p of it; the
+flips and the bucket are drawn from the seed and the global position. So
+1 process x 8 devices and 2 processes x 4 devices train on the same batches,
+and a checkpoint resumes on another process count. All processes must use
+the same seed.
 
 Portrait buckets (`portrait_buckets=True`, AlignPS's paper configs). An image
 taller than wide is resized into the transposed bucket (W, H) instead of
@@ -52,9 +55,9 @@ GroupSampler does: every epoch each group is shuffled, padded with random
 repeats of its own images to a whole number of global batches, cut into
 global batches, and the batches of both groups are shuffled together
 (`orientation.grouped_epoch_order`). The order is computed over the whole
-source from (seed, epoch) and process p takes slice p of every global batch,
-so all processes agree on each batch's shape; it is resumable like the
-default order. Evaluation runs the landscape images first, then the portrait ones,
+source from (seed, epoch) and process p takes slice p of every global batch
+(the same global stream as the default order), so all processes agree on
+each batch's shape. Evaluation runs the landscape images first, then the portrait ones,
 each padded to whole global batches (the predictions are put back in record
 order by the caller). Finding each record's orientation reads the JPEG
 header of every record once, when the dataset is set up.
@@ -93,6 +96,7 @@ import numpy as np
 
 from ps_jax import checks
 from ps_jax.data import augment
+from ps_jax.data import order
 from ps_jax.data import orientation
 
 TRAIN_KEYS = ("image", "boxes_xyxy", "pids", "boxes_valid", "image_hw",
@@ -441,25 +445,26 @@ def _batch_features(ex: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 class _TrainExample:
-  """(stream position, record index) -> one preprocessed training example.
+  """(global stream position g, record index) -> one preprocessed training
+  example (`ps_jax.data.order`).
 
   A module-level class, so Grain can pickle it into worker processes.
   """
 
   def __init__(self, source, cfg: PipelineConfig, seed: int,
-               process_index: int):
+               global_batch: int):
     self._source = source
     self._cfg = cfg
     self._seed = seed
-    self._process_index = process_index
+    self._global_batch = global_batch
 
-  def __call__(self, position: int, record: int) -> dict[str, np.ndarray]:
+  def __call__(self, g: int, record: int) -> dict[str, np.ndarray]:
     cfg = self._cfg
-    batch = position // cfg.batch_size
-    bucket = cfg.train_scales[
-        bucket_index(self._seed, batch, len(cfg.train_scales))]
-    rng = np.random.default_rng(
-        [int(self._seed) % 2**32, self._process_index, position])
+    bucket = cfg.train_scales[bucket_index(
+        self._seed, g // self._global_batch, len(cfg.train_scales))]
+    # The 0 stood for the process index when each process had its own
+    # stream; kept so that single-process streams stay as they were.
+    rng = np.random.default_rng([int(self._seed) % 2**32, 0, g])
     ex = augment.decode(_read(self._source, record), record)
     if cfg.portrait_buckets:
       bucket = augment.oriented_bucket(ex["image_hw"], bucket)
@@ -478,37 +483,31 @@ class _TrainExample:
     return _batch_features(ex)
 
 
-class _GroupedTrainExample:
-  """Stream position of this process -> the training example of the record
-  at that position of the portrait/landscape grouped order
-  (`orientation.grouped_epoch_order`).
+class _GroupedOrder:
+  """Global stream position -> record of the portrait/landscape grouped
+  order (`orientation.grouped_epoch_order`), computed per epoch.
 
   A module-level class, so Grain can pickle it into worker processes.
   """
 
-  def __init__(self, example: _TrainExample, portrait: np.ndarray,
-               batch_size: int, process_index: int, process_count: int,
-               seed: int):
-    self._example = example
+  def __init__(self, portrait: np.ndarray, global_batch: int, seed: int):
     self._portrait = np.asarray(portrait, bool)
-    self._batch = batch_size
-    self._pi = process_index
-    self._global = batch_size * process_count
+    self._global = global_batch
     self._seed = seed
-    self._epoch = None
-    self._order = None
-    self.epoch_length = orientation.grouped_epoch_length(
-        self._portrait, self._global) // process_count
+    self._length = orientation.grouped_epoch_length(self._portrait,
+                                                    self._global)
+    # (epoch, its order), replaced as one object: Grain's reader threads
+    # share it.
+    self._cached = (-1, None)
 
-  def __call__(self, position: int, _: Any) -> dict[str, np.ndarray]:
-    epoch, p = divmod(int(position), self.epoch_length)
-    if epoch != self._epoch:
-      self._order = orientation.grouped_epoch_order(
-          self._portrait, self._global, self._seed, epoch)
-      self._epoch = epoch
-    batch, slot = divmod(p, self._batch)
-    record = self._order[batch * self._global + self._pi * self._batch + slot]
-    return self._example(position, int(record))
+  def __call__(self, g: int) -> int:
+    epoch, k = divmod(int(g), self._length)
+    cached = self._cached
+    if cached[0] != epoch:
+      cached = (epoch, orientation.grouped_epoch_order(
+          self._portrait, self._global, self._seed, epoch))
+      self._cached = cached
+    return int(cached[1][k])
 
 
 def _process(process_index: int | None, process_count: int | None
@@ -550,21 +549,11 @@ def train_dataset(source: Sequence[Mapping[str, Any]],
   n = len(source)
   if n == 0:
     raise ValueError("the training data source is empty")
-  if n < pc:
-    raise ValueError(f"the data source has {n} records, fewer than the "
-                     f"{pc} processes reading it")
-  example = _TrainExample(source, cfg, seed, pi)
-  if cfg.portrait_buckets:
-    grouped = _GroupedTrainExample(example, portrait_flags(source),
-                                   cfg.batch_size, pi, pc, seed)
-    ds = (grain.MapDataset.range(grouped.epoch_length)
-          .repeat(None)
-          .map_with_index(grouped))
-  else:
-    ds = (grain.MapDataset.range(n)[pi::pc]
-          .shuffle(seed=seed % 2**32)
-          .repeat(None)
-          .map_with_index(example))
+  global_batch = cfg.batch_size * pc
+  example = _TrainExample(source, cfg, seed, global_batch)
+  record_of = (_GroupedOrder(portrait_flags(source), global_batch, seed)
+               if cfg.portrait_buckets else order.ShuffledOrder(n, seed))
+  ds = order.stream(example, record_of, cfg.batch_size, pi, pc)
   return _to_iter(ds.batch(cfg.batch_size, drop_remainder=True), cfg)
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ps_jax.data import augment
 from ps_jax.data import crops
+from ps_jax.data import order
 from ps_jax.data import pipeline
 
 HW = (32, 16)
@@ -477,17 +478,20 @@ def test_identity_sampler_two_processes_share_global_batches():
     _groups(c["pid"], 2)
 
 
-def test_random_sampler_process_shards_are_disjoint_and_cover_everything():
-  source = make_source(PIDS[:9])
-  seen = []
-  for p in range(2):
-    shard = len(range(p, 9, 2))
-    it = _iterator(source, _cfg(batch_size=1), seed=0, process_index=p,
-                   process_count=2)
-    seen.append({int(b["index"][0]) for b in _take(it, shard)})
-    assert len(seen[-1]) == shard
-  assert not seen[0] & seen[1]
-  assert seen[0] | seen[1] == set(range(9))
+@pytest.mark.parametrize("sampler", ["random", "identity"])
+def test_two_processes_split_the_one_process_batches(sampler):
+  # The global stream (ps_jax.data.order): the same crops, the same
+  # augmentation, whatever the number of processes.
+  source = make_source(PIDS)
+  kw = dict(sampler=sampler, num_instances=2, random_crop=True,
+            random_erasing_prob=0.5)
+  one = _take(_iterator(source, _cfg(batch_size=8, **kw), seed=5), 4)
+  per = [_take(_iterator(source, _cfg(batch_size=4, **kw), seed=5,
+                         process_index=p, process_count=2), 4)
+         for p in range(2)]
+  joined = [{k: np.concatenate([a[k], c[k]]) for k in a} for a, c in
+            zip(*per)]
+  _assert_batches_equal(joined, one)
 
 
 @pytest.mark.parametrize("process_count", [1, 2, 3])
@@ -612,9 +616,9 @@ def test_identity_schedule_pickles_for_worker_processes():
   source = make_source(PIDS)
   cfg = _cfg(sampler="identity", num_instances=2)
   # pylint: disable=protected-access
-  example = crops._TrainExample(source, cfg, 7, 0)
-  schedule = crops._IdentitySchedule(np.array(PIDS), 2, 4, 0, 1, 7)
-  fn = crops._IdentityTrainExample(example, schedule)
+  example = crops._TrainExample(source, cfg, 7)
+  schedule = crops._IdentitySchedule(np.array(PIDS), 2, 4, 7)
+  fn = order.ProcessStream(example, schedule, 4, 0, 1)
   # pylint: enable=protected-access
   expected = [fn(i, None) for i in range(30)]
   clone = pickle.loads(pickle.dumps(fn))

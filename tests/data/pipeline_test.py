@@ -193,18 +193,32 @@ def test_restore_through_orbax_checkpoint(tmp_path):
   _assert_batches_equal(_take(fresh, 3), expected)
 
 
-@pytest.mark.parametrize("n", [7, 8])
-def test_process_shards_are_disjoint_and_cover_everything(n):
-  source = make_source(n)
-  seen = []
-  for p in range(2):
-    shard_size = len(range(p, n, 2))
-    it = _iterator(source, _cfg(batch_size=1), seed=0, process_index=p,
-                   process_count=2)
-    seen.append({int(b["index"][0]) for b in _take(it, shard_size)})
-    assert len(seen[-1]) == shard_size  # one epoch of the shard, no repeats
-  assert not seen[0] & seen[1]
-  assert seen[0] | seen[1] == set(range(n))
+@pytest.mark.parametrize("portrait", [False, True])
+@pytest.mark.parametrize("process_count", [2, 3])
+def test_processes_split_the_one_process_batches(process_count, portrait):
+  # The global stream (ps_jax.data.order): n processes of B examples read,
+  # slice by slice, exactly the batches of one process of n x B, with the
+  # same flips, buckets and images.
+  source = make_source(7, seed=5)
+  cfg = _cfg(batch_size=2, flip_prob=0.5, portrait_buckets=portrait)
+  one = _take(_iterator(source, _cfg(batch_size=2 * process_count,
+                                     flip_prob=0.5,
+                                     portrait_buckets=portrait), seed=3), 5)
+  per = [_take(_iterator(source, cfg, seed=3, process_index=p,
+                         process_count=process_count), 5)
+         for p in range(process_count)]
+  joined = [{k: np.concatenate([bs[i][k] for bs in per]) for k in one[i]}
+            for i in range(5)]
+  _assert_batches_equal(joined, one)
+
+
+def test_one_epoch_of_two_processes_covers_every_record_once():
+  source = make_source(8)
+  per = [_take(_iterator(source, _cfg(batch_size=1), seed=0,
+                         process_index=p, process_count=2), 4)
+         for p in range(2)]
+  seen = [int(b["index"][0]) for bs in per for b in bs]
+  assert sorted(seen) == list(range(8))
 
 
 def test_processes_draw_the_same_buckets():
