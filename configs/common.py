@@ -157,12 +157,16 @@ def sgd(lr: float, *, weight_decay: float, warmup_steps: int,
   """SGD with AlignPS's parameter groups (`ps_jax.train.optim`).
 
   `options` are further OptimOptions keys (e.g. `norm_weight_decay`),
-  present only where a config sets them (see `evaluation`)."""
+  present only where a config sets them (see `evaluation`).
+  `lr_reference_batch` (0: off) scales `lr` linearly to the global batch
+  when set to the batch `lr` was set for (docs/scaling.md), e.g.
+  --config.optim.lr_reference_batch=4 for AlignPS's recipe."""
   return ml_collections.ConfigDict(dict(
       lr=lr, momentum=0.9, weight_decay=weight_decay,
       bias_lr_mult=bias_lr_mult, warmup_steps=warmup_steps,
       warmup_ratio=warmup_ratio,
       decay_steps=tuple(decay_steps), decay_factor=0.1, clip_norm=clip_norm,
+      lr_reference_batch=0,
       **options))
 
 
@@ -181,6 +185,7 @@ def adamw(lr: float, *, weight_decay: float, warmup_steps: int,
       weight_decay=weight_decay, bias_lr_mult=1.0,
       warmup_steps=warmup_steps, warmup_ratio=warmup_ratio,
       decay_steps=tuple(decay_steps), decay_factor=0.1, clip_norm=clip_norm,
+      lr_reference_batch=0,
       **options))
 
 
@@ -252,6 +257,7 @@ def adam(lr: float, *, weight_decay: float, warmup_steps: int, decay_steps,
       b2=0.999, eps=1e-8, weight_decay=weight_decay, bias_lr_mult=1.0,
       warmup_steps=warmup_steps, warmup_ratio=warmup_ratio,
       decay_steps=tuple(decay_steps), decay_factor=0.1, clip_norm=clip_norm,
+      lr_reference_batch=0,
       norm_weight_decay=True))
 
 

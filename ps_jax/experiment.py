@@ -42,6 +42,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from absl import logging
+
 from ps_jax import checks
 from ps_jax import checkpoint
 from ps_jax import systems
@@ -300,6 +302,12 @@ def from_config(config: Any, *, builder: Any | None = None,
     raise ConfigError(str(e)) from e
   if for_training:
     _check_devices(data.batch_size)
+  scaled = optim_opts.for_global_batch(data.batch_size)
+  if scaled.lr != optim_opts.lr:
+    logging.info("optim.lr %g -> %g: linear scaling from the reference "
+                 "batch %d to the global batch %d", optim_opts.lr, scaled.lr,
+                 optim_opts.lr_reference_batch, data.batch_size)
+  optim_opts = scaled
   builder = builder if builder is not None else dataset.load_builder()
   if system is None:
     name = plain.get("system", DEFAULT_SYSTEM)

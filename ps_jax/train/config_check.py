@@ -39,7 +39,8 @@ matches decides (a rule ending in "." covers a whole section):
             change is never silently accepted.
 
 A key present on one side only counts as changed (its value on the other
-side reads `<absent>`).
+side reads `<absent>`), except a key added to the configs after checkpoints
+were written (`ADDED_KEYS`), which the older side has at its default.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ps_jax.data import pipeline
 
 # The rules of the module docstring; "x." matches every key under x.
 MODEL_KEYS = ("system", "model.", "dataset.name", "dataset.config",
@@ -126,6 +129,25 @@ def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
   return json.loads(json.dumps(dict(config), default=str))
 
 
+# Keys added after checkpoints were written: absent means this value.
+ADDED_KEYS = {"optim.lr_reference_batch": 0}
+
+
+def _canonical(key: str, value: Any) -> Any:
+  """One spelling per value where a key has several: one scale bucket is
+  [96, 96] from the command line (--config.data.train_scales=96x96) and
+  [[96, 96]] from a config file; a key of `ADDED_KEYS` that a checkpoint's
+  config lacks has its default."""
+  if value is _ABSENT and key in ADDED_KEYS:
+    return ADDED_KEYS[key]
+  if key == "data.train_scales" and value is not _ABSENT:
+    try:
+      return [list(s) for s in pipeline.parse_scales(value)]
+    except (ValueError, TypeError):
+      return value
+  return value
+
+
 def diff(saved: Mapping[str, Any], current: Mapping[str, Any]
          ) -> list[Change]:
   """Every key whose value differs, sorted by key, with its kind."""
@@ -133,7 +155,7 @@ def diff(saved: Mapping[str, Any], current: Mapping[str, Any]
   changes = []
   for key in sorted(a.keys() | b.keys()):
     old, new = a.get(key, _ABSENT), b.get(key, _ABSENT)
-    if old != new:
+    if _canonical(key, old) != _canonical(key, new):
       changes.append(Change(key, old, new, kind_of(key)))
   return changes
 

@@ -64,6 +64,9 @@ class OptimOptions:
   optimizer: str = "sgd"
   b2: float = 0.999
   eps: float = 1e-8
+  # The global batch `lr` was set for; > 0 scales the rate linearly to the
+  # run's global batch (`for_global_batch`). 0: `lr` is used as it is.
+  lr_reference_batch: int = 0
 
   def __post_init__(self):
     """Checks every value's range (ValueError naming the field)."""
@@ -97,9 +100,34 @@ class OptimOptions:
              "a number in [0, 1)")
     _require(_number(self.eps) and self.eps > 0, "eps", self.eps,
              "a number > 0")
+    _require(_integer(self.lr_reference_batch)
+             and self.lr_reference_batch >= 0, "lr_reference_batch",
+             self.lr_reference_batch,
+             "an integer >= 0 (0: no scaling; else the global batch that "
+             "lr was set for)")
+
+  def for_global_batch(self, global_batch: int) -> OptimOptions:
+    """These options for a run whose global batch is `global_batch`.
+
+    The linear scaling rule (Goyal et al. 2017, "Accurate, large minibatch
+    SGD"): with `lr_reference_batch` = b0 > 0 the rate becomes
+    lr x global_batch / b0, so that the update per example seen stays the
+    same when the device count (and with it the global batch) changes. The
+    warm-up, decay steps and everything else are unchanged; the returned
+    options have lr_reference_batch 0 (already scaled).
+    """
+    if not self.lr_reference_batch:
+      return self
+    return dataclasses.replace(
+        self, lr=self.lr * int(global_batch) / self.lr_reference_batch,
+        lr_reference_batch=0)
 
   def as_kwargs(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The keyword arguments of `make_optimizer` (`lr` as it is: call
+    `for_global_batch` first)."""
+    kwargs = dataclasses.asdict(self)
+    del kwargs["lr_reference_batch"]
+    return kwargs
 
 
 def _require(ok: bool, name: str, value: Any, expected: str) -> None:

@@ -203,3 +203,11 @@ def test_resume_with_another_lr_and_the_opt_in_is_recorded(
   assert rows[0]["changes"] == {"optim.lr": [0.01, 0.02]}
   saved = json.loads((workdir / "config.json").read_text())
   assert saved == experiment.plain_config(resume_config)
+
+
+def test_one_scale_bucket_spelt_two_ways_is_no_change():
+  # --config.data.train_scales=96x96 gives the pair; a config file the list.
+  saved = {"data": {"train_scales": [[96, 96]]}}
+  assert not config_check.diff(saved, {"data": {"train_scales": (96, 96)}})
+  changed = config_check.diff(saved, {"data": {"train_scales": (96, 128)}})
+  assert [c.key for c in changed] == ["data.train_scales"]

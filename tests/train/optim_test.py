@@ -145,3 +145,29 @@ def test_optimizer_name_is_checked():
     optim.OptimOptions(lr=0.1, optimizer="adagrad")
   with pytest.raises(ValueError, match="optim.b2=1.0"):
     optim.OptimOptions(lr=0.1, optimizer="adamw", b2=1.0)
+
+
+def test_linear_lr_scaling_rule():
+  # AlignPS's 0.001 at batch 4, on 64 devices x 1 image: 0.016.
+  opts = optim.OptimOptions(lr=0.001, lr_reference_batch=4)
+  scaled = opts.for_global_batch(64)
+  assert scaled.lr == pytest.approx(0.016) and scaled.lr_reference_batch == 0
+  assert scaled.for_global_batch(64) == scaled  # scaled once only
+  assert optim.OptimOptions(lr=0.001).for_global_batch(64).lr == 0.001
+  # The schedule (warm-up and decays) follows the scaled rate.
+  _, sched = optim.make_optimizer(_params(), **optim.OptimOptions(
+      lr=0.001, lr_reference_batch=4, warmup_steps=10,
+      decay_steps=(20,)).for_global_batch(8).as_kwargs())
+  np.testing.assert_allclose([float(sched(0)), float(sched(10)),
+                              float(sched(20))],
+                             [0.002 / 3, 0.002, 0.0002], rtol=1e-6)
+  with pytest.raises(ValueError, match="optim.lr_reference_batch"):
+    optim.OptimOptions(lr=0.001, lr_reference_batch=-1)
+
+
+def test_experiment_scales_lr_to_the_config_batch(tiny_eval_config):
+  from ps_jax import experiment  # pylint: disable=g-import-not-at-top
+  config = tiny_eval_config.copy_and_resolve_references()
+  config.optim.lr_reference_batch = 4  # the tiny config's batch is 8
+  exp = experiment.from_config(config, for_training=False)
+  assert exp.optim.lr == pytest.approx(2 * tiny_eval_config.optim.lr)
