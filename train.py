@@ -19,6 +19,11 @@ A two-step config (configs/two_step_*.py) trains its detector and its
 re-ID net, each in its own workdir, unless a finished checkpoint is there,
 then evaluates the pair into --workdir (docs/two_step.md).
 
+Several processes (a TPU pod slice, GPU nodes under Slurm, or CPU
+processes on one machine) train one run together: clusters jax detects need
+nothing more; a manual launch gives every process --coordinator_address,
+--num_processes and --process_id (docs/scaling.md).
+
 Re-running with the same --workdir resumes from its latest checkpoint
 (--allow_config_change to resume with another recipe); at the end the
 evaluation protocol of the dataset runs and its table is printed and written
@@ -134,6 +139,16 @@ except (AttributeError, KeyError):
 flags.DEFINE_string("workdir", "workdir/synthetic",
                     "Checkpoints, metrics.jsonl, TensorBoard events and "
                     "eval_results.json go here; an existing workdir resumes.")
+flags.DEFINE_string("coordinator_address", None,
+                    "multi-process run (docs/scaling.md): host:port of "
+                    "process 0, the same for every process; clusters jax "
+                    "detects (Slurm, Open MPI, Cloud TPU) need none of these "
+                    "flags")
+flags.DEFINE_integer("num_processes", None,
+                     "multi-process run: the number of processes")
+flags.DEFINE_integer("process_id", None,
+                     "multi-process run: this process's index, 0 .. "
+                     "num_processes - 1")
 flags.DEFINE_bool("allow_config_change", False,
                   "resume even if the recipe (optimizer, schedule, steps, "
                   "evaluation settings) differs from the checkpoint's; the "
@@ -195,10 +210,17 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # After flag parsing: jax reads XLA flags when it is first imported.
   from ps_jax import experiment  # pylint: disable=g-import-not-at-top
+  from ps_jax import mesh  # pylint: disable=g-import-not-at-top
   from ps_jax.train import loop  # pylint: disable=g-import-not-at-top
   logging.info("Config:\n%s", FLAGS.config)
   workdir = pathlib.Path(FLAGS.workdir)
   try:
+    # First: before anything else asks jax for its devices.
+    try:
+      mesh.maybe_initialize_distributed(
+          FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    except ValueError as e:
+      raise experiment.UserError(str(e)) from e
     experiment.check_workdir(workdir)
     _check_init_from(FLAGS.config, workdir)
     # The config stops here: below, everything takes built, typed objects.

@@ -161,10 +161,19 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
 
   def load(step):
     items = {"config": ocp.args.JsonRestore()}
+    saved_iter = None
     if data_iter is not None:
-      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+      saved_iter = _saved_iterator_state(pathlib.Path(mngr.directory) /
+                                         str(step) / "data_iter")
+      if saved_iter is None:
+        items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     items["state"] = ocp.args.StandardRestore(target)
     restored = _restore_items(mngr, step, items)
+    if saved_iter is not None:
+      try:
+        data_iter.set_state(saved_iter)
+      except Exception as e:  # pylint: disable=broad-except
+        raise _ItemError("data_iter", e) from e
     return restored["state"], restored["config"]
 
   found = _newest_loadable(mngr, load)
@@ -172,6 +181,41 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
     return None
   step, (state, config), skipped = found
   return Restored(step=step, state=state, config=config, skipped=skipped)
+
+
+def _saved_iterator_state(directory: pathlib.Path) -> dict[str, Any] | None:
+  """The iterator state of a checkpoint written by another number of
+  processes; None when it has this process's own file (Grain restores it).
+
+  Grain names the file of process p of n `process_<p>-of-<n>.json`. Every
+  process's training stream is a slice of one global stream
+  (`ps_jax.data.order`), so every process saved the same state (the number
+  of batches produced) and any of them continues the stream on any number
+  of processes.
+
+  Raises:
+    _ItemError: the checkpoint has no iterator file, or files that differ.
+  """
+  own = directory / (f"process_{jax.process_index()}-of-"
+                     f"{jax.process_count()}.json")
+  if own.exists():
+    return None
+  files = sorted(directory.glob("process_*-of-*.json"))
+  if not files:
+    raise _ItemError("data_iter", FileNotFoundError(
+        f"{directory} has no process_<p>-of-<n>.json iterator state"))
+  states = {f.name: json.loads(f.read_text(encoding="utf-8")) for f in files}
+  first = next(iter(states.values()))
+  if any(v != first for v in states.values()):
+    raise _ItemError("data_iter", ValueError(
+        f"the iterator states in {directory} differ between processes "
+        f"({', '.join(states)}); a checkpoint of ps_jax's global stream has "
+        "the same state in every process"))
+  logging.warning(
+      "%s was saved by %s processes; this run has %d: every process "
+      "continues the same global stream", directory, files[0].stem.split(
+          "-of-")[-1], jax.process_count())
+  return first
 
 
 def _restore_items(mngr: ocp.CheckpointManager, step: int,

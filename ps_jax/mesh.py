@@ -22,12 +22,29 @@ Conventions:
 
 Multi-host start-up (`maybe_initialize_distributed`) must run before anything
 else touches jax devices.
+
+Compiling together (`CompiledTogether`). Processes compile the same program
+at different speeds: on CPU, jax's persistent compilation cache is written
+by process 0 under a key that only process 0 computes, so a process 0 that
+loads a step from the cache can start it minutes before process 1 has
+compiled it. On CPU the first run of every program sets up its Gloo
+collectives and waits only 30 s for the other processes ("Gloo context
+initialization failed: DEADLINE_EXCEEDED"). So a multi-process run compiles
+each new shape of its train and predict steps ahead of time and waits at a
+barrier of the coordination service before running it.
+
+On CPU the persistent cache is also turned off when several processes run:
+a train step that process 0 loaded from the cache and process 1 compiled
+afresh ran their collectives in different orders (one process in an
+all-gather, the other in an all-reduce, both waiting for ever). Freshly
+compiled on every process, the steps agree.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -157,31 +174,129 @@ def distributed_requested() -> bool:
   return len(hosts) > 1
 
 
-def maybe_initialize_distributed() -> bool:
-  """Calls jax.distributed.initialize() when `distributed_requested()`.
+def maybe_initialize_distributed(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+  """Calls jax.distributed.initialize() when a multi-process run is asked.
 
-  No-op (returns False) on a single host or if already initialized. With
-  JAX_COORDINATOR_ADDRESS, the process count and id come from
-  JAX_NUM_PROCESSES / JAX_PROCESS_ID when set; otherwise jax detects the
-  cluster (Slurm, Open MPI, Cloud TPU). Call it first, before any other jax
-  call that touches devices.
+  Asked means: `coordinator_address` is given (the entry points' flags
+  --coordinator_address, --num_processes, --process_id), or
+  `distributed_requested()` sees a cluster or JAX_COORDINATOR_ADDRESS in
+  the environment. Arguments take precedence over JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID; what neither gives, jax detects
+  (Slurm, Open MPI, Cloud TPU). No-op (returns False) on a single host or if
+  already initialized. Call it first, before any other jax call that touches
+  devices. CPU processes talk through jax's CPU collectives (Gloo, jax's
+  default; `jax_cpu_collectives_implementation`).
 
   Returns:
     True if this call initialized the distributed system.
+  Raises:
+    ValueError: num_processes or process_id without a coordinator address,
+      or a process_id outside [0, num_processes).
   """
-  if jax.distributed.is_initialized() or not distributed_requested():
+  env_address = os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+  address = coordinator_address or env_address
+  if address is None and (num_processes is not None
+                          or process_id is not None):
+    raise ValueError(
+        "--num_processes / --process_id need --coordinator_address "
+        "(host:port of process 0, the same for every process)")
+  if num_processes is None and address == env_address:
+    num_processes = _int_env("JAX_NUM_PROCESSES")
+  if process_id is None and address == env_address:
+    process_id = _int_env("JAX_PROCESS_ID")
+  if num_processes is not None and num_processes < 1:
+    raise ValueError(f"num_processes={num_processes}; expected >= 1")
+  if (process_id is not None and num_processes is not None
+      and not 0 <= process_id < num_processes):
+    raise ValueError(f"process_id={process_id}; expected 0 <= process_id < "
+                     f"num_processes={num_processes}")
+  if jax.distributed.is_initialized():
+    return False
+  if address is None and not distributed_requested():
     return False
   kwargs = {}
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    kwargs["coordinator_address"] = os.environ["JAX_COORDINATOR_ADDRESS"]
-    if (n := _int_env("JAX_NUM_PROCESSES")) is not None:
-      kwargs["num_processes"] = n
-    if (i := _int_env("JAX_PROCESS_ID")) is not None:
-      kwargs["process_id"] = i
+  if address is not None:
+    kwargs["coordinator_address"] = address
+    if num_processes is not None:
+      kwargs["num_processes"] = num_processes
+    if process_id is not None:
+      kwargs["process_id"] = process_id
   logging.info("Initializing jax.distributed (%s)",
                kwargs or "cluster auto-detection")
   jax.distributed.initialize(**kwargs)
   logging.info("Process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+  if (jax.process_count() > 1 and jax.default_backend() == "cpu"
+      and jax.config.jax_enable_compilation_cache
+      and jax.config.jax_compilation_cache_dir):
+    logging.warning(
+        "Several CPU processes: jax's persistent compilation cache is "
+        "turned off for this run (module docstring, 'Compiling together')")
+    jax.config.update("jax_enable_compilation_cache", False)
   return True
+
+
+def initialize_from_args(args: Any) -> bool:
+  """`maybe_initialize_distributed` with an argparse namespace's flags."""
+  return maybe_initialize_distributed(
+      getattr(args, "coordinator_address", None),
+      getattr(args, "num_processes", None),
+      getattr(args, "process_id", None))
+
+
+_barrier_ids = itertools.count()
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+  """Waits until every process has reached this barrier.
+
+  The coordination service's barrier (no device computation, so nothing to
+  compile or set up). No-op in a single process. Every process must call
+  the same barriers in the same order.
+  """
+  if jax.process_count() == 1:
+    return
+  # pylint: disable-next=g-import-not-at-top
+  from jax._src import distributed
+  client = distributed.global_state.client
+  if client is None:
+    raise RuntimeError("several processes but no jax.distributed client")
+  client.wait_at_barrier(f"ps_jax/{name}/{next(_barrier_ids)}",
+                         int(timeout_s * 1000))
+
+
+def _signature(args: Any) -> Any:
+  leaves, treedef = jax.tree.flatten(args)
+  return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x))),
+                         getattr(x, "sharding", None)) for x in leaves)
+
+
+class CompiledTogether:
+  """A jitted function whose every new input signature, in a multi-process
+  run, is compiled ahead of time on every process and run only once all of
+  them have compiled it (module docstring). In a single process it is the
+  jitted function itself.
+
+  Args:
+    jitted: a `jax.jit` function.
+    name: names the barriers (logs of the coordination service).
+  """
+
+  def __init__(self, jitted: Callable[..., Any], name: str):
+    self._jitted = jitted
+    self._name = name
+    self._compiled: dict[Any, Any] = {}
+
+  def __call__(self, *args: Any) -> Any:
+    if jax.process_count() == 1:
+      return self._jitted(*args)
+    key = _signature(args)
+    fn = self._compiled.get(key)
+    if fn is None:
+      fn = self._jitted.lower(*args).compile()
+      barrier(f"compiled/{self._name}")
+      self._compiled[key] = fn
+    return fn(*args)

@@ -124,3 +124,62 @@ def load_toy_system() -> type:
 @pytest.fixture(scope="session")
 def toy_system_cls() -> type:
   return load_toy_system()
+
+
+class TwoProcesses:
+  """Launches a command as 2 processes under jax.distributed (each with
+  `local_devices` CPU devices, --coordinator_address, --num_processes and
+  --process_id appended) and waits for them; `logs` shows their output."""
+
+  def __init__(self, local_devices: int = 4, env: dict | None = None):
+    import os  # pylint: disable=g-import-not-at-top,redefined-outer-name
+    self.env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    self.env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count="
+                             f"{local_devices}")
+
+  def start(self, args, log):
+    """Popen of `python <args...>` for processes 0 and 1; output to
+    `<log>.0` and `<log>.1`."""
+    # pylint: disable=g-import-not-at-top
+    import socket
+    import subprocess
+    import sys
+    # pylint: enable=g-import-not-at-top
+    with socket.socket() as s:
+      s.bind(("localhost", 0))
+      port = s.getsockname()[1]
+    procs = []
+    for pid in range(2):
+      out = open(f"{log}.{pid}", "w", encoding="utf-8")
+      procs.append(subprocess.Popen(
+          [sys.executable] + [str(a) for a in args] + [
+              f"--coordinator_address=localhost:{port}",
+              "--num_processes=2", f"--process_id={pid}"],
+          cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+  @staticmethod
+  def logs(log, tail: int | None = 2500) -> str:
+    """Both processes' output (the last `tail` characters of each; None:
+    all of it)."""
+    texts = [pathlib.Path(f"{log}.{p}").read_text(encoding="utf-8")
+             for p in range(2)]
+    return "\n".join(f"--- process {p} ---\n" + (
+        t if tail is None else t[-tail:]) for p, t in enumerate(texts))
+
+  def wait(self, procs, log, timeout: float = 900):
+    """Waits for both; fails the test (with their logs) on a timeout or a
+    non-zero exit."""
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import time  # pylint: disable=g-import-not-at-top
+    deadline = time.time() + timeout
+    for p in procs:
+      try:
+        p.wait(max(deadline - time.time(), 1))
+      except subprocess.TimeoutExpired:
+        for q in procs:
+          q.kill()
+        pytest.fail(f"2-process run timed out after {timeout} s\n"
+                    f"{self.logs(log)}")
+    codes = [p.returncode for p in procs]
+    assert codes == [0, 0], f"exit codes {codes}\n{self.logs(log)}"

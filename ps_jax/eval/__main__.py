@@ -47,6 +47,8 @@ from typing import Any
 from absl import flags
 from absl import logging
 
+from ps_jax import launch
+
 
 def _gallery_sizes(text: str) -> tuple[int, ...]:
   sizes = []
@@ -143,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="log progress (absl INFO) to stderr, and show the "
                       "full traceback of an error (also with "
                       "PS_JAX_TRACEBACK=1) instead of one line")
+  launch.add_distributed_args(p)
   return p
 
 
@@ -216,7 +219,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   from ps_jax.train import stages
   # pylint: enable=g-import-not-at-top
 
-  mesh_lib.maybe_initialize_distributed()
+  try:
+    mesh_lib.initialize_from_args(args)
+  except ValueError as e:
+    raise experiment.UserError(str(e)) from e
   workdir = pathlib.Path(args.workdir)
   if workdir.exists() and not workdir.is_dir():
     raise experiment.WorkdirError(f"workdir {workdir} is a file, not a "

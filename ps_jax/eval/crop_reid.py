@@ -82,7 +82,7 @@ def _features_step(system: Any):
   def step(variables, batch):
     return {"feats": system.features(variables, batch),
             "index": batch["index"]}
-  return jax.jit(step)
+  return mesh_lib.CompiledTogether(jax.jit(step), "features")
 
 
 def embed_split(system: Any, variables: Any, source: Sequence[Mapping],

@@ -95,7 +95,8 @@ class SplitPredictions:
       raise ValueError(f"{where}: det_offsets are not cumulative counts")
 
 
-def make_predict_step(system: base.PersonSearchSystem):
+def make_predict_step(system: base.PersonSearchSystem, *,
+                      together: bool = True):
   """The jitted predict step of a person-search system.
 
   Returns fn(variables, batch, query_boxes f32[B, 4] original pixels) ->
@@ -106,9 +107,13 @@ def make_predict_step(system: base.PersonSearchSystem):
   `batch` needs image f32[B, H, W, 3], image_hw i32[B, 2], orig_hw i32[B, 2]
   (0 for padding examples), index i32[B] and example_valid bool[B].
   jax.jit caches the compiled step per system (systems are immutable and
-  compare by value) and input shape.
+  compare by value) and input shape. With `together` (a step over global
+  batches, run by every process), several processes compile each shape
+  together (`mesh.CompiledTogether`); without it, each process runs the
+  step on its own images (`Predictor`).
   """
-  return jax.jit(functools.partial(_predict, system))
+  step = jax.jit(functools.partial(_predict, system))
+  return mesh_lib.CompiledTogether(step, "predict") if together else step
 
 
 def _predict(system, variables, batch, query_boxes):
@@ -288,7 +293,7 @@ class Predictor:
                data: pipeline.PipelineConfig, *, step: int | None = None):
     self.system = system
     self._variables = variables
-    self._predict_step = make_predict_step(system)
+    self._predict_step = make_predict_step(system, together=False)
     self._data = data
     self.embedding_dim = int(system.embedding_dim)
     self.step = None if step is None else int(step)

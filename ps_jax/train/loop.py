@@ -156,6 +156,9 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
 
   state, tx, schedule = step_lib.init_state(
       exp.system, exp.optim, run.seed, exp.init_hw, mesh)
+  # Restoring runs collectives; a process that compiled init from the cache
+  # must not start them long before the others (mesh.CompiledTogether).
+  mesh_lib.barrier("initialized")
   try:
     restored = checkpoint.restore_latest(mngr, state, data_iter)
   except checkpoint.CheckpointError:
@@ -185,8 +188,9 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
   if is_chief:
     config_check.write_config(workdir, exp.config)
 
-  step_fn = step_lib.make_train_step(exp.system, tx, schedule, mesh,
-                                     seed=run.seed)
+  step_fn = mesh_lib.CompiledTogether(
+      step_lib.make_train_step(exp.system, tx, schedule, mesh,
+                               seed=run.seed), "train_step")
 
   num_steps = int(run.num_steps)
   step = int(jax.device_get(state.step))
