@@ -142,3 +142,38 @@ def test_distributed_from_cluster_env(clean_env, monkeypatch, env):
     monkeypatch.setenv(k, v)
   assert mesh_lib.maybe_initialize_distributed()
   assert clean_env == [{}]  # jax auto-detects the cluster
+
+
+def test_distributed_from_flags_over_the_environment(clean_env, monkeypatch):
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "2")
+  # Another address: the variables' count and id belong to the other run.
+  assert mesh_lib.maybe_initialize_distributed("host:9", 2, 1)
+  assert clean_env == [{"coordinator_address": "host:9", "num_processes": 2,
+                        "process_id": 1}]
+
+
+@pytest.mark.parametrize("args,message", [
+    ((None, 2, 0), "need --coordinator_address"),
+    (("h:1", 2, 2), r"process_id=2; expected 0 <= process_id < "
+                    r"num_processes=2"),
+    (("h:1", 0, None), "num_processes=0"),
+])
+def test_bad_distributed_flags_are_named(clean_env, args, message):
+  with pytest.raises(ValueError, match=message):
+    mesh_lib.maybe_initialize_distributed(*args)
+  assert clean_env == []
+
+
+def test_compiled_together_is_the_jitted_function_in_one_process():
+  calls = []
+
+  def f(x):
+    calls.append(1)  # traced once per new shape
+    return x * 2
+  fn = mesh_lib.CompiledTogether(jax.jit(f), "test")
+  np.testing.assert_array_equal(fn(np.arange(3)), [0, 2, 4])
+  np.testing.assert_array_equal(fn(np.arange(3) + 1), [2, 4, 6])
+  assert len(calls) == 1
+  mesh_lib.barrier("test")  # a no-op in one process
