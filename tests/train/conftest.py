@@ -15,6 +15,8 @@ and dominates these tests, so:
     same mesh) into a load from disk. Results are identical either way.
 """
 
+import json
+import pathlib
 from collections.abc import Callable
 
 import jax
@@ -128,3 +130,17 @@ def saved_state() -> Callable[..., object]:
     return restored["state"]
 
   return read
+
+
+def read_metrics(workdir) -> dict[int, dict[str, float]]:
+  """metrics.jsonl by step, without the wall-clock rate; a step logged
+  twice fails the test."""
+  out = {}
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  for line in path.read_text().splitlines():
+    row = json.loads(line)
+    step = row.pop("step")
+    assert step not in out, f"step {step} logged twice"
+    row.pop("train/steps_per_sec")
+    out[step] = row
+  return out

@@ -43,6 +43,7 @@ from ps_jax.data import pipeline
 from ps_jax.search import cli as search_cli
 from ps_jax.train import loop
 from ps_jax.train import step as step_lib
+from tests.train.conftest import read_metrics
 
 NUM_STEPS = 16
 STOP_AFTER = 8
@@ -118,14 +119,6 @@ def test_step_matches_on_one_and_eight_devices(name, tiny_synthetic_dir):
   assert max(worst)[0] < 1e-3, sorted(worst)[-5:]
 
 
-def _metrics(workdir):
-  rows = {}
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text(
-      ).splitlines():
-    row = json.loads(line)
-    row.pop("train/steps_per_sec")
-    rows[row.pop("step")] = row
-  return rows
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +135,8 @@ def glad_runs(tiny_synthetic_dir, tmp_path_factory):
 
 
 def test_resumed_run_equals_the_uninterrupted_run(glad_runs):
-  full, resumed = _metrics(glad_runs["full"]), _metrics(glad_runs["resumed"])
+  full = read_metrics(glad_runs["full"])
+  resumed = read_metrics(glad_runs["resumed"])
   assert sorted(full) == sorted(resumed) == list(range(1, NUM_STEPS + 1))
   for step in full:
     assert full[step] == resumed[step], step

@@ -17,7 +17,6 @@ A persistent compilation cache shared by the three processes keeps this to
 about one compilation.
 """
 
-import json
 import os
 import pathlib
 import signal
@@ -29,6 +28,7 @@ import numpy as np
 import pytest
 
 from ps_jax import checkpoint
+from tests.train.conftest import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KILL_AT = 4
@@ -70,15 +70,6 @@ def _train(workdir, data_dir, cache_dir, *, kill: bool
                         text=True, timeout=900, check=False)
 
 
-def _metrics(workdir):
-  rows = {}
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text(
-      ).splitlines():
-    row = json.loads(line)
-    row.pop("train/steps_per_sec")
-    assert row["step"] not in rows, f"step {row['step']} logged twice"
-    rows[row["step"]] = row
-  return rows
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +99,7 @@ def test_the_kill_came_during_the_step_4_write(runs):
 def test_the_resumed_run_equals_the_uninterrupted_run(runs, saved_state):
   assert runs["resumed"].returncode == 0, runs["resumed"].stderr[-3000:]
   assert "Resumed from" in runs["resumed"].stderr
-  assert _metrics(runs["killed"]) == _metrics(runs["full"])
+  assert read_metrics(runs["killed"]) == read_metrics(runs["full"])
   a, b = saved_state(runs["full"], 6), saved_state(runs["killed"], 6)
   flat_a = {k: np.asarray(v) for k, v in _flatten(a)}
   flat_b = {k: np.asarray(v) for k, v in _flatten(b)}

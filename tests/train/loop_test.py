@@ -19,7 +19,6 @@ per system and then read from the session's compilation cache
 
 import json
 import math
-import pathlib
 
 import jax
 import numpy as np
@@ -29,6 +28,7 @@ from configs import common
 from ps_jax import checkpoint
 from ps_jax import mesh as mesh_lib
 from ps_jax.train import loop
+from tests.train.conftest import read_metrics
 
 NUM_STEPS = 30
 CHECKPOINT_EVERY = 8
@@ -44,17 +44,6 @@ def _configure(config, num_steps):
   return config
 
 
-def _metrics(workdir) -> dict[int, dict[str, float]]:
-  """metrics.jsonl by step, without the wall-clock rate."""
-  out = {}
-  path = pathlib.Path(workdir) / "metrics.jsonl"
-  for line in path.read_text().splitlines():
-    row = json.loads(line)
-    step = row.pop("step")
-    assert step not in out, f"step {step} logged twice"
-    row.pop("train/steps_per_sec")
-    out[step] = row
-  return out
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +54,7 @@ def full(system, make_tiny_config, make_experiment, tmp_path_factory):
   results = loop.train_and_evaluate(make_experiment(system, config),
                                     str(workdir))
   return {"workdir": workdir, "results": results,
-          "metrics": _metrics(workdir)}
+          "metrics": read_metrics(workdir)}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +69,7 @@ def resumed(system, make_tiny_config, make_experiment, tmp_path_factory):
       make_experiment(system, _configure(make_tiny_config(), RESUME_TO)),
       str(workdir))
   return {"workdir": workdir, "killed": killed, "saved_at_kill": saved,
-          "results": results, "metrics": _metrics(workdir)}
+          "results": results, "metrics": read_metrics(workdir)}
 
 
 # Measured (means of the first and last 5 of 30 steps): AlignPS total 8.0
@@ -203,7 +192,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
                      match=r"non-finite loss nan .*step 4"):
     loop.train_and_evaluate(make_experiment(system, config), str(tmp_path))
   assert len(calls) == 5  # stopped at once
-  assert sorted(_metrics(tmp_path)) == [1, 2, 3, 4]
+  assert sorted(read_metrics(tmp_path)) == [1, 2, 3, 4]
   assert checkpoint.manager(tmp_path, async_save=False).all_steps() == [2, 4]
   _, variables, step = checkpoint.restore_variables(tmp_path)
   assert step == 4
@@ -244,7 +233,8 @@ def test_adamw_resumes_bit_for_bit(make_tiny_config, make_experiment,
                           str(tmp_path / "resumed"), stop_after=3)
   loop.train_and_evaluate(make_experiment("toy", config()),
                           str(tmp_path / "resumed"))
-  full, resumed = _metrics(tmp_path / "full"), _metrics(tmp_path / "resumed")
+  full = read_metrics(tmp_path / "full")
+  resumed = read_metrics(tmp_path / "resumed")
   assert sorted(resumed) == sorted(full) == list(range(1, 7))
   assert full[1]["train/loss"] != full[6]["train/loss"]
   for step in full:

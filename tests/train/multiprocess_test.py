@@ -34,6 +34,7 @@ from ps_jax import checkpoint
 from ps_jax.eval import __main__ as eval_main
 from ps_jax.train import loop
 from tests.conftest import TwoProcesses
+from tests.train.conftest import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 3
@@ -82,15 +83,6 @@ def _kill_after_checkpoint(procs, workdir, log, timeout=900):
   return checkpoint.manager(workdir, async_save=False).all_steps()
 
 
-def _metrics(workdir):
-  rows = {}
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text(
-      ).splitlines():
-    row = json.loads(line)
-    row.pop("train/steps_per_sec")
-    assert row["step"] not in rows, f"step {row['step']} logged twice"
-    rows[row.pop("step")] = row
-  return rows
 
 
 def _flat(tree):
@@ -163,7 +155,7 @@ def runs(tiny_config, make_experiment, tiny_synthetic_dir, tmp_path_factory):
       tmp / "kill.log")
   out["at_kill"] = _kill_after_checkpoint(procs, two, tmp / "kill.log")
   out["kill_log"] = two_processes.logs(tmp / "kill.log", tail=None)
-  out["metrics_at_kill"] = _metrics(two)
+  out["metrics_at_kill"] = read_metrics(two)
   procs = two_processes.start(
       _train_cmd(two, data, STEPS, "--config.run.eval_at_end=True"),
       tmp / "resume.log")
@@ -201,13 +193,13 @@ def test_the_killed_run_resumed_from_its_checkpoint(runs):
   last = max(runs["at_kill"])
   assert f"at step {last}" in runs["resume_log"]
   # Steps logged before the kill are kept as they were.
-  after = _metrics(runs["two"])
+  after = read_metrics(runs["two"])
   for step in range(1, last + 1):
     assert after[step] == runs["metrics_at_kill"][step]
 
 
 def test_two_processes_train_as_one(runs, saved_state):
-  a, b = _metrics(runs["two"]), _metrics(runs["reference"])
+  a, b = read_metrics(runs["two"]), read_metrics(runs["reference"])
   assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
   for step in a:
     for k in a[step]:
@@ -233,6 +225,6 @@ def test_a_two_process_checkpoint_trains_on_in_one_process(runs,
                                                           saved_state):
   _assert_states_close(saved_state(runs["two_on"], STEPS + 1),
                        saved_state(runs["reference_on"], STEPS + 1))
-  a, b = _metrics(runs["two_on"]), _metrics(runs["reference_on"])
+  a, b = read_metrics(runs["two_on"]), read_metrics(runs["reference_on"])
   assert abs(a[STEPS + 1]["train/loss"] - b[STEPS + 1]["train/loss"]
              ) <= LOSS_TOL
