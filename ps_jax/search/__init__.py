@@ -22,7 +22,9 @@ index to a new one).
 
 Modules: images (reading image files and TFDS records), identity (which
 model made an index), index (GalleryIndex, on-disk format), query (ranking,
-Hit), visualize (result pictures), cli (the `ps-search` command).
+Hit), ann (approximate search of large indexes with FAISS, an optional
+dependency: `pip install 'ps_jax[faiss]'`), visualize (result pictures),
+cli (the `ps-search` command).
 """
 
 from ps_jax.search.images import find_images

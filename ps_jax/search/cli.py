@@ -11,7 +11,9 @@ configs/{ide,mlfn,glad}_*.py) every image of --images is one person's crop:
 
 An index records the model that made it (workdir, step, fingerprint of the
 weights and system); `query` and `index --append` refuse another model, and
-`index --reembed` moves a whole index to the current one.
+`index --reembed` moves a whole index to the current one. `--exported DIR`
+in place of --workdir takes a model exported by `python -m ps_jax.export`
+(docs/export.md): no checkpoint, flax or model code needed.
 
 Results are JSON on stdout (or in the --json file). User errors (missing
 files, bad boxes, an index made by another model...) print one line
@@ -29,6 +31,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ps_jax import launch
+from ps_jax.search import ann as ann_lib
 from ps_jax.search import identity
 from ps_jax.search import images as images_lib
 from ps_jax.search import index as index_lib
@@ -65,6 +69,17 @@ def load_predictor(workdir: str, step: int | None) -> index_lib.Predictor:
     return crop_reid.CropPredictor(exp.system, variables, exp.data,
                                    step=step)
   return predict.Predictor(exp.system, variables, exp.data, step=step)
+
+
+def load_exported(directory: str) -> index_lib.Predictor:
+  """The model exported to `directory` by `python -m ps_jax.export`
+  (`ps_jax.exported`: no checkpoint, flax or model code needed). It knows
+  its step and fingerprint, the same as its workdir's at the same bucket."""
+  from ps_jax import exported  # pylint: disable=g-import-not-at-top
+  try:
+    return exported.load_exported(directory)
+  except exported.ExportedModelError as e:
+    raise SearchError(str(e)) from e
 
 
 def _box(text: str) -> tuple[float, ...]:
@@ -112,11 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
                          parser_class=_Parser)
 
   def model_args(sp: argparse.ArgumentParser, required: bool) -> None:
-    sp.add_argument(
-        "--workdir", required=required,
+    model = sp.add_mutually_exclusive_group(required=required)
+    model.add_argument(
+        "--workdir",
         help="the training run's directory (train.py --workdir); its latest "
         "checkpoint is used" + ("" if required else
                                 "; default: the one that made the index"))
+    model.add_argument(
+        "--exported", metavar="DIR",
+        help="instead of --workdir, a model exported by python -m "
+        "ps_jax.export (docs/export.md): runs without the checkpoint or "
+        "the model code" + ("" if required else "; default for an index "
+                            "made with --exported: its model"))
     sp.add_argument(
         "--step", type=int, default=None,
         help="checkpoint step to load instead of the latest; default" + (
@@ -171,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
       "--save-every", type=int, default=500, metavar="N",
       help="save the index every N images so an interrupted run can go on "
       "with --append (0: only at the end; default: %(default)s)")
+  ix.add_argument(
+      "--ann", action="store_true",
+      help="also build an approximate (FAISS) index in --out, for fast "
+      "queries of large indexes (10^5 detections and up; needs pip install "
+      "'ps_jax[faiss]'); alone with an existing --out, just (re)build it. "
+      "Once built, it is rebuilt whenever the index changes")
+  ix.add_argument("--ann-nlist", type=_positive, default=None, metavar="N",
+                  help="inverted lists of the FAISS index (default: the "
+                  "power of 2 nearest sqrt(detections))")
+  # Several processes (docs/scaling.md): each runs the model on its share
+  # of every batch (ps_jax.search.distributed); process 0 writes the index.
+  launch.add_distributed_args(ix)
 
   q = sub.add_parser(
       "query", formatter_class=fmt, help="rank the people of an index "
@@ -211,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
   q.add_argument("--tile-height", type=_positive, default=256,
                  help="pixel height of each image in the picture (default: "
                  "%(default)s)")
+  q.add_argument(
+      "--search", choices=ann_lib.SEARCH_MODES, default="auto",
+      help="exact: compare with every detection; ann: use the index's FAISS "
+      "index (made by index --ann), an error if it has none or it is stale; "
+      "auto (default): ann if the index has a usable one, else exact")
+  q.add_argument("--nprobe", type=_positive, default=None, metavar="N",
+                 help="FAISS lists scanned per query (default: the one "
+                 "recorded with the FAISS index; more: slower, better "
+                 "recall)")
 
   info = sub.add_parser("info", help="summarize an index (no model needed)",
                         description="Print a JSON summary of an index.")
@@ -249,12 +292,30 @@ def _load_model(factory: PredictorFactory, workdir: str, step: int | None,
         "index with the latest checkpoint: ps-search index --reembed)") from e
 
 
+def _exported_model(args: argparse.Namespace, directory: str
+                    ) -> tuple[index_lib.Predictor, dict[str, Any]]:
+  """The exported model in `directory` and its description for the index."""
+  if args.step is not None:
+    raise SearchError("--step goes with --workdir: an exported model holds "
+                      "the weights of one step")
+  predictor = load_exported(directory)
+  return predictor, {"exported": os.path.abspath(directory),
+                     **identity.model_identity(predictor)}
+
+
 def _warn(message: str) -> None:
   print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
-def _cmd_index(args: argparse.Namespace, factory: PredictorFactory) -> dict:
+def _cmd_index(args: argparse.Namespace, factory: PredictorFactory
+               ) -> dict | None:
   exists = index_lib.GalleryIndex.exists(args.out)
+  if args.ann and exists and not (args.images or args.tfds or args.reembed):
+    # Only (re)build the FAISS index of an existing index: no model needed.
+    index = index_lib.GalleryIndex.load(args.out, mmap=True)
+    return {"index": os.path.abspath(args.out), **index.summary(),
+            "ann": ann_lib.refresh(args.out, index, build=True,
+                                   nlist=args.ann_nlist)}
   if args.reembed and not exists:
     raise SearchError(f"--reembed: --out {args.out} holds no index to "
                       "re-embed")
@@ -270,24 +331,31 @@ def _cmd_index(args: argparse.Namespace, factory: PredictorFactory) -> dict:
   elif args.tfds is not None and not os.path.isdir(args.tfds):
     raise SearchError(f"--tfds {args.tfds}: no such directory")
   index = index_lib.GalleryIndex.load(args.out) if exists else None
+  writer = _start_processes(args)
   step = args.step
-  if index is not None and not args.reembed:
-    # Keep extending with the weights that made the index, even if training
-    # has written newer checkpoints since.
-    step = _default_step(args, args.workdir, index)
-  predictor = _load_model(factory, args.workdir, step,
-                          index_step=step is not None and args.step is None)
-  info = _model_info(args.workdir, step, predictor)
+  if args.exported is not None:
+    predictor, info = _exported_model(args, args.exported)
+  else:
+    if index is not None and not args.reembed:
+      # Keep extending with the weights that made the index, even if
+      # training has written newer checkpoints since.
+      step = _default_step(args, args.workdir, index)
+    predictor = _load_model(factory, args.workdir, step,
+                            index_step=step is not None and args.step is None)
+    info = _model_info(args.workdir, step, predictor)
+  if not writer.single:
+    predictor = writer.shared(predictor)
+  save_to = args.out if writer.writes else None
   opts = dict(batch_size=args.batch_size,
               on_error="raise" if args.strict else "skip")
   reembedded = index_lib.IndexingReport()
   if args.reembed:
-    reembedded = index.reembed(predictor, model_info=info, save_to=args.out,
+    reembedded = index.reembed(predictor, model_info=info, save_to=save_to,
                                **opts)
   if index is None:
     index = index_lib.GalleryIndex(predictor.embedding_dim, info)
   report = index_lib.IndexingReport()
-  opts.update(model_info=info, save_to=args.out,
+  opts.update(model_info=info, save_to=save_to,
               save_every=args.save_every)
   if args.images is not None:
     report = index.add(predictor, paths, **opts)
@@ -297,11 +365,46 @@ def _cmd_index(args: argparse.Namespace, factory: PredictorFactory) -> dict:
     raise SearchError("no image could be indexed: " + "; ".join(
         f"{n}: {why}" for n, why in report.failed[:5]))
   failed = reembedded.failed + report.failed
-  return {"index": os.path.abspath(args.out), **index.summary(),
-          "added": report.added, "reindexed": report.reindexed,
-          "unchanged": report.unchanged, "reembedded": reembedded.reindexed,
-          "new_detections": report.detections + reembedded.detections,
-          "failed": [{"image": n, "error": why} for n, why in failed]}
+  result = {"index": os.path.abspath(args.out), **index.summary(),
+            "added": report.added, "reindexed": report.reindexed,
+            "unchanged": report.unchanged,
+            "reembedded": reembedded.reindexed,
+            "new_detections": report.detections + reembedded.detections,
+            "failed": [{"image": n, "error": why} for n, why in failed]}
+  if not writer.writes:
+    return None  # process 0 reports
+  ann = ann_lib.refresh(args.out, index, build=args.ann, nlist=args.ann_nlist)
+  if ann is not None:
+    result["ann"] = ann
+  return result
+
+
+class _Processes:
+  """The processes of an `index` run: one, or several under
+  jax.distributed (jax imported only then)."""
+
+  def __init__(self, index: int = 0, count: int = 1):
+    self.single = count == 1
+    self.writes = index == 0  # process 0 writes the index and prints
+
+  @staticmethod
+  def shared(predictor: index_lib.Predictor) -> index_lib.Predictor:
+    # pylint: disable-next=g-import-not-at-top
+    from ps_jax.search import distributed
+    return distributed.SharedPredictor(predictor)
+
+
+def _start_processes(args: argparse.Namespace) -> _Processes:
+  """jax.distributed when the flags or the environment ask for it."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from ps_jax import mesh
+  # pylint: enable=g-import-not-at-top
+  try:
+    mesh.initialize_from_args(args)
+  except ValueError as e:
+    raise SearchError(str(e)) from e
+  return _Processes(jax.process_index(), jax.process_count())
 
 
 def _cmd_query(args: argparse.Namespace, factory: PredictorFactory) -> dict:
@@ -312,14 +415,22 @@ def _cmd_query(args: argparse.Namespace, factory: PredictorFactory) -> dict:
   for out in (args.json, args.picture):  # fail before loading the model
     if out is not None:
       _check_parent(out)
-  index = index_lib.GalleryIndex.load(args.index)
-  workdir = args.workdir or index.model_info.get("workdir")
-  if workdir is None:
+  # Memory-mapped: a FAISS search reads only its candidates' embeddings.
+  index = index_lib.GalleryIndex.load(args.index, mmap=True)
+  ann = ann_lib.for_query(args.index, index, args.search, args.nprobe,
+                          warn=_warn)
+  workdir, exported = args.workdir, args.exported
+  if workdir is None and exported is None:
+    # The index's model: its workdir, else the exported model that made it.
+    workdir = index.model_info.get("workdir")
+    exported = None if workdir else index.model_info.get("exported")
+  if workdir is None and exported is None:
     raise SearchError(f"{args.index} does not record its model: pass "
-                      "--workdir")
+                      "--workdir or --exported")
   # The weights that made the index embed the query, even if training has
   # written newer checkpoints since.
-  step = _default_step(args, workdir, index)
+  step = None if exported is not None else _default_step(args, workdir,
+                                                          index)
   image_path = args.image or args.crop
   image = images_lib.read_image(image_path)
   if args.crop is not None:
@@ -327,9 +438,12 @@ def _cmd_query(args: argparse.Namespace, factory: PredictorFactory) -> dict:
   else:
     box = query_lib.check_box(args.box, image.shape[1], image.shape[0],
                               f"--box for {image_path}", warn=_warn)
-  predictor = _load_model(factory, workdir, step,
-                          index_step=step is not None and args.step is None)
-  info = _model_info(workdir, step, predictor)
+  if exported is not None:
+    predictor, info = _exported_model(args, exported)
+  else:
+    predictor = _load_model(factory, workdir, step,
+                            index_step=step is not None and args.step is None)
+    info = _model_info(workdir, step, predictor)
   if not index.check_model(info, allow_unknown=True):
     why = ("the index records no fingerprint of its model (format version "
            "1 indexes do not); re-embed it to record one: ps-search index "
@@ -344,7 +458,7 @@ def _cmd_query(args: argparse.Namespace, factory: PredictorFactory) -> dict:
   hits = query_lib.search(index, emb, top_k=args.top_k,
                           det_threshold=args.det_threshold, cws=args.cws,
                           one_per_image=args.one_per_image,
-                          exclude_images=exclude)
+                          exclude_images=exclude, ann=ann)
   result = {
       "query": {"image": os.path.abspath(image_path),
                 "box": [round(v, 3) for v in box],
@@ -352,6 +466,7 @@ def _cmd_query(args: argparse.Namespace, factory: PredictorFactory) -> dict:
       "index": os.path.abspath(args.index),
       "model": info,
       "ranking": "cws" if args.cws else "similarity",
+      "search": {"method": "exact"} if ann is None else ann.describe(),
       "hits": [h.to_dict() for h in hits],
   }
   if args.box is not None and tuple(args.box) != tuple(box):
@@ -400,11 +515,14 @@ def main(argv: Sequence[str] | None = None,
     args = build_parser().parse_args(argv)
     if args.command == "info":
       result = {"index": os.path.abspath(args.index),
-                **index_lib.GalleryIndex.load(args.index).summary()}
+                **index_lib.GalleryIndex.load(args.index).summary(),
+                "ann": ann_lib.info(args.index)}
     elif args.command == "index":
       result = _cmd_index(args, factory)
     else:
       result = _cmd_query(args, factory)
+    if result is None:
+      return 0
     text = json.dumps(result, indent=1)
     if getattr(args, "json", None):
       _save(functools.partial(_write_text, text=text + "\n"), args.json)

@@ -52,6 +52,8 @@ def model_label(model_info: Mapping[str, Any], fingerprint: bool = True
   text = "unknown step" if step is None else f"step {step}"
   if workdir:
     text += f" of {workdir}"
+  elif model_info.get("exported"):
+    text += f" exported to {model_info['exported']}"
   if not fingerprint:
     return text
   return text + (f" (fingerprint {fp[:8]})" if fp else " (no fingerprint)")

@@ -215,6 +215,8 @@ class GalleryIndex:
     scores: f32[M] detection scores in [0, 1].
     embeddings: f32[M, D] L2-normalized.
     image_of_det: i32[M] row of `images` of each detection.
+    generation: the saved generation these arrays were loaded from or last
+      saved as (None if never saved); approximate indexes (`ann`) record it.
   """
 
   def __init__(self, embedding_dim: int,
@@ -229,6 +231,7 @@ class GalleryIndex:
     self.scores = np.zeros((0,), np.float32)
     self.embeddings = np.zeros((0, self.embedding_dim), np.float32)
     self.image_of_det = np.zeros((0,), np.int32)
+    self.generation: int | None = None
     self._data_sources: dict[tuple[str, str], Any] = {}
 
   def __len__(self) -> int:
@@ -598,7 +601,7 @@ class GalleryIndex:
 
   def save(self, directory: str | os.PathLike[str]) -> None:
     """Writes the index to `directory` atomically (see the module doc)."""
-    storage.write(directory, {
+    self.generation = storage.write(directory, {
         "embedding_dim": self.embedding_dim,
         "model": self.model_info,
         "num_images": len(self.images),
@@ -633,6 +636,7 @@ class GalleryIndex:
         model.pop(k, None)
     index = cls(meta["embedding_dim"], model)
     index.format_version = int(version)
+    index.generation = meta.get("generation")
     index.images = [ImageEntry.from_json(e, str(index_path))
                     for e in meta["images"]]
     for k, v in arrays.items():

@@ -84,8 +84,29 @@ def rank_detections(embeddings: np.ndarray, det_scores: np.ndarray,
     similarity: f32[k] cosine similarities of those rows.
     score: f32[k] their ranking scores.
   """
+  q = normalized_query(query_embedding, embeddings.shape[1], top_k)
+  sim = embeddings @ q  # [M], one matmul over the whole gallery
+  return rank_similarities(sim, det_scores, image_of_det, top_k=top_k,
+                           det_threshold=det_threshold, cws=cws,
+                           one_per_image=one_per_image,
+                           excluded_images=excluded_images)
+
+
+def normalized_query(query_embedding: np.ndarray, dim: int,
+                     top_k: int | None = None) -> np.ndarray:
+  """The query embedding, checked and L2-normalized.
+
+  Args:
+    query_embedding: f32[D] query embedding.
+    dim: D of the index.
+    top_k: checked too: None or >= 1.
+  Returns:
+    f32[D] of norm 1.
+  Raises:
+    SearchError if the shape is not (dim,), the norm is zero or not finite,
+    or top_k < 1.
+  """
   q = np.asarray(query_embedding, np.float32)
-  dim = embeddings.shape[1]
   if q.shape != (dim,):
     raise SearchError(f"query embedding has shape {q.shape}, the index holds "
                       f"{dim}-dim embeddings: use the model that made it")
@@ -95,7 +116,28 @@ def rank_detections(embeddings: np.ndarray, det_scores: np.ndarray,
                       "non-zero vector")
   if top_k is not None and top_k < 1:
     raise SearchError(f"top_k must be >= 1, got {top_k}")
-  sim = embeddings @ (q / norm)  # [M], one matmul over the whole gallery
+  return q / norm
+
+
+def rank_similarities(sim: np.ndarray, det_scores: np.ndarray,
+                      image_of_det: np.ndarray, *, top_k: int | None = 10,
+                      det_threshold: float = 0.0, cws: bool = False,
+                      one_per_image: bool = False,
+                      excluded_images: Sequence[int] = ()
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`rank_detections` for detections whose similarities are known.
+
+  Ties keep the order of the rows given (stable sort).
+
+  Args:
+    sim: f32[M] cosine similarity of each detection to the query.
+    det_scores, image_of_det, top_k, det_threshold, cws, one_per_image,
+      excluded_images: as for `rank_detections`.
+  Returns:
+    order: i32[k] positions in `sim`, best first (k <= top_k).
+    similarity: f32[k] `sim` at those positions.
+    score: f32[k] their ranking scores.
+  """
   score = sim * det_scores if cws else sim
   eligible = det_scores >= det_threshold
   if len(excluded_images):
@@ -115,7 +157,7 @@ def rank_detections(embeddings: np.ndarray, det_scores: np.ndarray,
 def search(index: index_lib.GalleryIndex, query_embedding: np.ndarray,
            top_k: int | None = 10, det_threshold: float = 0.0,
            cws: bool = False, *, one_per_image: bool = False,
-           exclude_images: Iterable[str] = ()) -> list[Hit]:
+           exclude_images: Iterable[str] = (), ann: Any = None) -> list[Hit]:
   """The gallery detections most similar to a query embedding.
 
   Args:
@@ -129,12 +171,18 @@ def search(index: index_lib.GalleryIndex, query_embedding: np.ndarray,
       which images does this person appear".
     exclude_images: image names (paths or TFDS image_ids) to leave out, e.g.
       the query's own image when it is part of the gallery.
+    ann: an approximate index over `index` (`ps_jax.search.ann.AnnIndex`,
+      checked fresh by `ann.load_for_index`): FAISS picks the candidates,
+      which are ranked here with the same rules (see the `ann` module for
+      what that guarantees). None (default): exact search over all M
+      detections.
   Returns:
     Hits, best first.
   """
   names = set(str(n) for n in exclude_images)
   excluded = [i for i, e in enumerate(index.images) if e.name in names]
-  order, sim, score = rank_detections(
+  rank = rank_detections if ann is None else ann.rank_detections
+  order, sim, score = rank(
       index.embeddings, index.scores, index.image_of_det, query_embedding,
       top_k=top_k, det_threshold=det_threshold, cws=cws,
       one_per_image=one_per_image, excluded_images=excluded)

@@ -38,7 +38,7 @@ def exists(directory: str | os.PathLike[str]) -> bool:
 
 
 def write(directory: str | os.PathLike[str], meta: Mapping[str, Any],
-          arrays: Mapping[str, np.ndarray]) -> None:
+          arrays: Mapping[str, np.ndarray]) -> int:
   """Writes a new generation of the index in `directory` atomically.
 
   Args:
@@ -46,6 +46,8 @@ def write(directory: str | os.PathLike[str], meta: Mapping[str, Any],
     meta: JSON data of the index (embedding_dim, model, num_images,
       num_detections, images).
     arrays: one array per name in ARRAY_NAMES.
+  Returns:
+    The generation written (1 for a new index, then +1 per write).
   Raises:
     SearchError: `directory` has an index.json that is not an index.
   """
@@ -94,6 +96,7 @@ def write(directory: str | os.PathLike[str], meta: Mapping[str, Any],
         p.name.split(".", 1)[0] in ARRAY_NAMES)
     if stale_array or ".tmp" in p.suffix:
       p.unlink(missing_ok=True)
+  return gen
 
 
 def read(directory: str | os.PathLike[str], *, mmap: bool = False

@@ -231,7 +231,7 @@ def test_corrupt_images_skip_or_strict(photos, tmp_path, capsys):
     (["index", "--workdir", "RUN", "--images", "MISSING", "--out", "OUT"],
      "missing.png: no such file or folder"),
     (["index", "--images", "EMPTY", "--out", "OUT"],
-     "required: --workdir"),
+     "one of the arguments --workdir --exported is required"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["info", "--index", "EMPTY"], "no index.json"),
 ])
