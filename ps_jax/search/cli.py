@@ -13,7 +13,10 @@ An index records the model that made it (workdir, step, fingerprint of the
 weights and system); `query` and `index --append` refuse another model, and
 `index --reembed` moves a whole index to the current one. `--exported DIR`
 in place of --workdir takes a model exported by `python -m ps_jax.export`
-(docs/export.md): no checkpoint, flax or model code needed.
+(docs/export.md): no checkpoint, flax or model code needed. For indexes of
+10^5 detections and more, `index --ann` adds an approximate FAISS index that
+`query` then uses (docs/search.md, "Large indexes"); `index` runs with
+several processes under jax.distributed (docs/scaling.md).
 
 Results are JSON on stdout (or in the --json file). User errors (missing
 files, bad boxes, an index made by another model...) print one line
