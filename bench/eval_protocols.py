@@ -16,18 +16,40 @@ Every detection scores >= 0.5, so all ~20 per image take part in the search.
 Random embeddings put the true matches at random ranks: the worst case for
 the counting used by the protocols (a trained model ranks them near the top).
 
+First, the three search cases of the speed goal (CUHK-SYSU gallery 100 and
+4,000, PRW) against the reference-style per-query loop
+(`bench/eval_reference.py`, SeqNet's `eval_search_*`): the loop runs on
+`--ref-queries` random queries (seed 1) and its per-query time is
+extrapolated linearly to all queries (plus its one-off preparation); the
+table gives both times, their ratio, and the largest AP difference and the
+top-k disagreements between the two on those queries.
+
+BLAS runs on one thread (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and
+MKL_NUM_THREADS are set to 1 before NumPy loads), so the ratios compare one
+core against one core.
+
   python bench/eval_protocols.py            # full size
   python bench/eval_protocols.py --scale 0.1
 """
 
 from __future__ import annotations
 
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+  os.environ[_var] = "1"
+
+# pylint: disable=wrong-import-position
 import argparse
 import platform
 import subprocess
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eval_reference  # noqa: E402
 
 from ps_jax.eval import cbgm
 from ps_jax.eval import detection
@@ -127,13 +149,80 @@ def _cpu() -> str:
     return platform.processor()
 
 
+def _versus_reference(name, num_q, ref_queries, reference, fast,
+                      repeats=3):
+  """One row of the comparison with the reference loop.
+
+  Args:
+    name: the case.
+    num_q: queries of the case.
+    ref_queries: how many random queries the reference loop runs on.
+    reference: (prepare() -> state, loop(state, query_ids) -> (ap, hits)).
+    fast: () -> SearchResult of all queries.
+    repeats: calls of `fast`; the fastest counts.
+
+  Returns:
+    the row: name, queries, reference (prep + extrapolated loop) and ps_jax
+    (wall, CPU) seconds, max |AP difference|, top-k disagreements, queries
+    the reference ran on.
+  """
+  ids = np.sort(np.random.default_rng(1).choice(
+      num_q, min(ref_queries, num_q), replace=False))
+  state, t_prep = _timed(reference[0])
+  (ref_ap, ref_hits), t_loop = _timed(lambda: reference[1](state, ids))
+  t_ref = tuple(p + l * num_q / len(ids) for p, l in zip(t_prep, t_loop))
+  # ps_jax: the fastest of `repeats` calls (the first pays one-off costs
+  # such as BLAS start-up and first-touch page faults of its arrays).
+  timed = [_timed(fast) for _ in range(repeats)]
+  res, t_fast = timed[0][0], min((t for _, t in timed), key=lambda t: t[1])
+  diff = float(np.abs(res.ap[ids] - ref_ap).max()) if len(ids) else 0.0
+  return (name, num_q, t_ref, t_fast, diff,
+          int((res.hits[ids] != ref_hits).sum()), len(ids))
+
+
+def _print_versus(rows):
+  print("\nps_jax against the reference-style loop (reference: one-off "
+        "preparation + per-query loop timed on the listed number of random "
+        "queries, extrapolated linearly to all; ps_jax: fastest of 3 calls, "
+        "all queries; one BLAS thread):\n")
+  print("| case | queries | reference s (CPU) | ps_jax s (CPU) | ps_jax s "
+        "(wall) | ratio (CPU) | ratio (wall) | max AP diff | top-k "
+        "differ | reference on |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for name, n, ref, fast, diff, differ, on in rows:
+    print(f"| {name} | {n:,} | {ref[1]:.1f} | {fast[1]:.2f} | "
+          f"{fast[0]:.2f} | {ref[1] / fast[1]:.0f}x | "
+          f"{ref[0] / fast[0]:.0f}x | {diff:.1e} | {differ} | {on} |")
+
+
+def _prw_versus(gallery, queries, ref_queries):
+  return _versus_reference(
+      "PRW, every frame but the query's", len(queries.pids), ref_queries,
+      (lambda: eval_reference.prepare(gallery),
+       lambda state, ids: eval_reference.eval_search_prw(state, queries,
+                                                         ids)),
+      lambda: ps.eval_search_prw(gallery, queries))
+
+
+def _load() -> str:
+  try:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+  except OSError:
+    return "unknown"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--scale", type=float, default=1.0,
                       help="fraction of the real set sizes")
   parser.add_argument("--dim", type=int, default=256)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--ref-queries", type=int, default=200,
+                      help="queries the reference loop runs on")
+  parser.add_argument("--only-reference", action="store_true",
+                      help="only the comparison with the reference loop")
   args = parser.parse_args()
+  load_start = _load()
   rng = np.random.default_rng(args.seed)
   rows = []
 
@@ -142,6 +231,22 @@ def main():
   num_dets = sum(len(d) for d in gallery.dets)
   print(f"CUHK-SYSU synthetic: {len(gallery.image_ids)} images, {num_dets} "
         f"detections, {len(queries.pids)} queries (built in {t[0]:.1f} s)")
+  versus = []
+  for size in [s for s in sizes if s in (100, 4000)]:
+    versus.append(_versus_reference(
+        f"CUHK-SYSU gallery {size}", len(queries.pids), args.ref_queries,
+        (lambda: eval_reference.prepare(gallery),
+         lambda state, ids, s=size: eval_reference.eval_search_cuhk(
+             state, queries, s, ids)),
+        lambda s=size: ps.eval_search_cuhk(gallery, queries, [s])[s]))
+  if args.only_reference:
+    gallery, queries = _prw(rng, args.scale, args.dim)
+    versus.append(_prw_versus(gallery, queries, args.ref_queries))
+    print(f"\nCPU: {_cpu()}; numpy {np.__version__}; D={args.dim}; "
+          f"scale {args.scale}; load average (1, 5, 15 min) at the start "
+          f"{load_start}, at the end {_load()}")
+    _print_versus(versus)
+    return
   for size in [s for s in sizes if s in (100, 4000)] + [ps.FULL_SET]:
     res, t = _timed(lambda s=size: ps.eval_search_cuhk(
         gallery, queries, [s])[s])
@@ -172,6 +277,7 @@ def main():
   num_dets = sum(len(d) for d in gallery.dets)
   print(f"PRW synthetic: {len(gallery.image_ids)} frames, {num_dets} "
         f"detections, {len(queries.pids)} queries (built in {t[0]:.1f} s)")
+  versus.append(_prw_versus(gallery, queries, args.ref_queries))
   for multi_view in (False, True):
     res, t = _timed(lambda m=multi_view: ps.eval_search_prw(
         gallery, queries, multi_view=m))
@@ -200,7 +306,10 @@ def main():
                f"mAP {res.mAP:.4f} rank-1 {res.cmc[1]:.4f}"))
 
   print(f"\nCPU: {_cpu()}; numpy {np.__version__}; D={args.dim}; "
-        f"scale {args.scale}\n")
+        f"scale {args.scale}; load average (1, 5, 15 min) at the start "
+          f"{load_start}, at the end {_load()}")
+  _print_versus(versus)
+  print()
   print(f"| {'protocol':<42} | {'queries/images':>14} | wall s | CPU s | "
         "result (random values) |")
   print(f"|{'-' * 44}|{'-' * 16}|{'-' * 8}|{'-' * 7}|{'-' * 24}|")

@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import numpy as np
 
-# Up to this many thresholds `count_at_least` makes one vectorized pass per
-# threshold (~17 us per 10^5 values); above, it sorts the values that reach the
-# lowest threshold once (~1 ms per 10^5). NumPy's searchsorted of many values
-# into few thresholds is far slower than either (~100 ns per value).
+# Up to this many thresholds `count_at_least` makes one vectorized pass over
+# the values per threshold (~12 us per 10^5 float32 values); with more, it
+# keeps the values that reach the lowest threshold, then makes one pass per
+# threshold over those, or, beyond _MANY_THRESHOLDS, sorts them once (~2.5 ms
+# per 10^5 values on a 2026 EPYC core, about 200 passes). NumPy's searchsorted
+# of many values into few thresholds is far slower than either (~100 ns per
+# value).
 _FEW_THRESHOLDS = 48
+_MANY_THRESHOLDS = 200
 
 
 def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -126,7 +130,11 @@ def count_at_least(values: np.ndarray,
   if num <= _FEW_THRESHOLDS:
     return np.array([np.count_nonzero(values >= t) for t in thresholds_desc],
                     dtype=np.int64)
-  # Many thresholds: sort only the values that reach the lowest one.
-  candidates = np.sort(values[values >= thresholds_desc[-1]])
+  # Many thresholds: only the values that reach the lowest one matter.
+  candidates = values[values >= thresholds_desc[-1]]
+  if num <= _MANY_THRESHOLDS:
+    return np.array([np.count_nonzero(candidates >= t)
+                     for t in thresholds_desc], dtype=np.int64)
+  candidates = np.sort(candidates)
   below = np.searchsorted(candidates, thresholds_desc, side="left")
   return (candidates.size - below).astype(np.int64)

@@ -71,10 +71,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ps_jax.eval import ap as ap_lib
 from ps_jax.eval import bootstrap
 from ps_jax.eval import cbgm as cbgm_lib
 from ps_jax.eval import detection
+from ps_jax.eval import ranking
 
 FULL_SET = -1
 CUHK_GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000, FULL_SET)
@@ -84,11 +84,14 @@ SMALL_BOX_PAD = 10.0
 MAX_IOU_THRESH = 0.5
 # Queries per matrix product; [chunk, num_dets] f32 similarities.
 _QUERY_CHUNK = 128
-# Below this fraction of all detections per query, gather the listed images'
-# embeddings per query instead of multiplying against all detections. The
-# gather moves D floats per detection and stops fitting in cache beyond a few
-# MB, so it only wins for the small galleries (CUHK-SYSU 50 and 100: ~1%).
-_GATHER_FRACTION = 0.03
+# Below this fraction of all detections per query, compute only the listed
+# images' similarities, one product per gallery image for the queries that
+# list it (`ranking.list_rows`), instead of multiplying every query against
+# all detections. On the synthetic full-size CUHK-SYSU (one core, busy
+# machine) it was ~8x faster at gallery 100 (~1% of the detections), ~3x at
+# 500 (7%), ~1.5x at 1,000 (14%), ~1.2x at 2,000 (29%); gallery 4,000 (57%)
+# multiplies.
+_GATHER_FRACTION = 0.35
 
 Duplicates = Literal["seqnet", "repeat", "unique"]
 FullSet = Literal["seqnet", "psdb"]
@@ -204,26 +207,7 @@ class SearchResult:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class _FlatGallery:
-  """Kept detections of all images, concatenated (N detections in total)."""
-  feats: np.ndarray      # [N, D] embeddings
-  det_start: np.ndarray  # i64[G + 1] image i owns rows det_start[i]:[i+1]
-  det_count: np.ndarray  # i64[G]
-  cameras: np.ndarray    # i64[G]
-  index_of: dict[str, int]
-  # Target pairs: one per (labeled pid, image) with that pid, sorted by pid
-  # then image; the first GT box of the pid in the image is the target box.
-  pair_img: np.ndarray   # i64[T]
-  pid_range: dict[int, tuple[int, int]]  # pid -> pairs [lo, hi)
-  # Candidate detections (IoU >= small-box threshold with the target box) of
-  # pair t: cand_det[cand_start[t]:cand_start[t + 1]].
-  cand_start: np.ndarray  # i64[T + 1]
-  cand_det: np.ndarray    # i64[C]
-
-  @property
-  def num_dets(self) -> int:
-    return int(self.det_start[-1])
+_Flat = ranking.FlatGallery
 
 
 def small_box_iou_thresh(boxes: np.ndarray) -> np.ndarray:
@@ -249,64 +233,71 @@ def _name(image_id: str | bytes | np.str_ | np.bytes_) -> str:
   return str(image_id)
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-  """Concatenation of arange(s, s + l) for each (s, l), vectorized."""
-  lengths = np.asarray(lengths, np.int64)
-  total = int(lengths.sum())
-  if total == 0:
-    return np.zeros(0, np.int64)
-  seg_begin = np.cumsum(lengths) - lengths
-  return (np.repeat(np.asarray(starts, np.int64) - seg_begin, lengths) +
-          np.arange(total, dtype=np.int64))
+def _where(gallery: Gallery, i: int) -> str:
+  return f"gallery image {i} ({gallery.image_ids[i]})"
 
 
 def _flatten(gallery: Gallery, det_thresh: float,
-             integer_gt_boxes: bool, cws: bool = False) -> _FlatGallery:
+             integer_gt_boxes: bool, cws: bool = False) -> _Flat:
   """Concatenates kept detections and precomputes the target candidates;
   `cws` scales each detection's embedding by its score."""
   if gallery.feats is None:
     raise ValueError("Gallery.feats is None; search evaluation needs the "
                      "embeddings of the detections.")
   num_img = len(gallery.image_ids)
-  boxes, feats, counts = [], [], np.zeros(num_img, np.int64)
-  gt_box, gt_pid, gt_img = [], [], []
+  dets, feats, gt_box, gt_pid = [], [], [], []
   dim = None
-  for i in range(num_img):
-    where = f"gallery image {i} ({gallery.image_ids[i]})"
-    det = detection.check_dets(gallery.dets[i], where)
+  for i in range(num_img):  # checks only; the work is on concatenations
+    det = np.asarray(gallery.dets[i])
+    if det.size == 0:
+      det = np.zeros((0, 5), np.float32)
+    elif det.ndim != 2 or det.shape[1] != 5:
+      detection.check_dets(det, _where(gallery, i))
     feat = np.asarray(gallery.feats[i])
-    if feat.size == 0 and det.shape[0] == 0:
-      feat = np.zeros((0, dim or 0), feat.dtype)
-    elif feat.ndim != 2 or feat.shape[0] != det.shape[0]:
-      raise ValueError(f"{where}: {det.shape[0]} detections but feats of "
-                       f"shape {feat.shape}; expected [n, D].")
+    if feat.ndim != 2 or feat.shape[0] != det.shape[0]:
+      if feat.size or det.shape[0]:
+        raise ValueError(f"{_where(gallery, i)}: {det.shape[0]} detections "
+                         f"but feats of shape {feat.shape}; expected [n, D].")
     elif feat.size:
       if dim is not None and feat.shape[1] != dim:
-        raise ValueError(f"{where}: feats have D={feat.shape[1]}, earlier "
-                         f"images D={dim}.")
+        raise ValueError(f"{_where(gallery, i)}: feats have "
+                         f"D={feat.shape[1]}, earlier images D={dim}.")
       dim = feat.shape[1]
-    keep = det[:, 4] >= det_thresh
-    counts[i] = int(keep.sum())
-    if counts[i] < len(det):  # copy only when something is dropped
-      det, feat = det[keep], feat[keep]
-    if cws:
-      feat = detection.cws_weighted(feat, det[:, 4], where)
-    boxes.append(det[:, :4])
-    feats.append(feat)
-    b, p = detection.check_gt(gallery.gt_boxes[i], gallery.gt_pids[i], where)
+    dets.append(det)
+    if feat.size:
+      feats.append(feat)
+    b, p = detection.check_gt(gallery.gt_boxes[i], gallery.gt_pids[i],
+                              _where(gallery, i))
     gt_box.append(b)
     gt_pid.append(p)
-    gt_img.append(np.full(len(p), i, np.int64))
   dim = dim or 1
-  dtype = np.result_type(np.float32, *[f.dtype for f in feats if f.size])
-  det_boxes = np.concatenate([b.reshape(-1, 4) for b in boxes]).astype(
-      np.float64, copy=False)
-  all_feats = np.concatenate([f.reshape(-1, dim) for f in feats]).astype(
-      dtype, copy=False)
+  dtype = np.result_type(np.float32, *[f.dtype for f in feats])
+  det_all = (np.concatenate(dets) if dets else np.zeros((0, 5), np.float32))
+  all_feats = (np.concatenate(feats).astype(dtype, copy=False) if feats else
+               np.zeros((0, dim), dtype))
+  det_count = np.fromiter(map(len, dets), np.int64, num_img)
+  keep = det_all[:, 4] >= det_thresh
+  counts = np.bincount(np.repeat(np.arange(num_img), det_count)[keep],
+                       minlength=num_img).astype(np.int64)
+  if not keep.all():  # copy only when something is dropped
+    det_all, all_feats = det_all[keep], all_feats[keep]
+  if cws:
+    scores = det_all[:, 4]
+    if len(scores) and (scores.min() < 0 or scores.max() > 1):
+      bad = int(np.searchsorted(np.cumsum(counts),
+                                np.flatnonzero((scores < 0) |
+                                               (scores > 1))[0], "right"))
+      lo = int(counts[:bad].sum())
+      detection.cws_weighted(all_feats[lo:lo + counts[bad]],
+                             scores[lo:lo + counts[bad]],
+                             _where(gallery, bad))
+    all_feats = all_feats * scores[:, None].astype(dtype)
+  det_boxes = det_all[:, :4].astype(np.float64)
   det_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+  gt_img = np.repeat(np.arange(num_img, dtype=np.int64),
+                     [len(p) for p in gt_pid])
   gt_box = np.concatenate(gt_box) if gt_box else np.zeros((0, 4))
   gt_pid = np.concatenate(gt_pid) if gt_pid else np.zeros(0, np.int64)
-  gt_img = np.concatenate(gt_img) if gt_img else np.zeros(0, np.int64)
   if integer_gt_boxes:
     gt_box = detection.truncate_boxes(gt_box)
 
@@ -324,7 +315,7 @@ def _flatten(gallery: Gallery, det_thresh: float,
 
   # Candidates: the pair image's detections that overlap the target enough.
   rep = np.repeat(np.arange(pair_gt.size), counts[pair_img])
-  dets_of_pairs = _ranges(det_start[pair_img], counts[pair_img])
+  dets_of_pairs = ranking.ranges(det_start[pair_img], counts[pair_img])
   target = gt_box[pair_gt]
   iou = detection.reference_iou(det_boxes[dets_of_pairs], target[rep])
   ok = iou >= small_box_iou_thresh(target)[rep]
@@ -333,7 +324,7 @@ def _flatten(gallery: Gallery, det_thresh: float,
       [[0], np.cumsum(np.bincount(rep[ok], minlength=pair_gt.size))])
   cameras = (np.full(num_img, -1, np.int64) if gallery.cameras is None else
              np.asarray(gallery.cameras, np.int64))
-  return _FlatGallery(
+  return _Flat(
       feats=np.ascontiguousarray(all_feats), det_start=det_start,
       det_count=counts, cameras=cameras,
       index_of={_name(n): i for i, n in enumerate(gallery.image_ids)},
@@ -342,7 +333,7 @@ def _flatten(gallery: Gallery, det_thresh: float,
 
 
 def _query_feats(queries: Queries,
-                 flat: _FlatGallery) -> tuple[np.ndarray, _FlatGallery]:
+                 flat: _Flat) -> tuple[np.ndarray, _Flat]:
   """Query embeddings in the gallery's dtype (and D for an empty gallery)."""
   feats = np.asarray(queries.feats).astype(flat.feats.dtype)
   if flat.num_dets == 0:
@@ -354,64 +345,12 @@ def _query_feats(queries: Queries,
   return feats, flat
 
 
-def _true_positive_scores(flat: _FlatGallery, pairs: np.ndarray,
-                          sims: np.ndarray) -> np.ndarray:
-  """Similarity of the true positive of each target pair that has one.
-
-  Args:
-    flat: the gallery.
-    pairs: i64[T'] target pairs of the query inside its gallery.
-    sims: [N] similarities of the query to every detection (only entries of
-      the pairs' images are read).
-
-  Returns:
-    [T''] max similarity over each pair's candidates, for the pairs with at
-    least one candidate (in `pairs` order).
-  """
-  starts = flat.cand_start[pairs]
-  lengths = flat.cand_start[pairs + 1] - starts
-  has = lengths > 0
-  if not has.any():
-    return np.zeros(0, sims.dtype)
-  starts, lengths = starts[has], lengths[has]
-  values = sims[flat.cand_det[_ranges(starts, lengths)]]
-  offsets = np.cumsum(lengths) - lengths
-  return np.maximum.reduceat(values, offsets)
-
-
-def _score(groups: Sequence[tuple[np.ndarray, int]], tp_scores: np.ndarray,
-           tp_pos_weight: np.ndarray, tp_total_weight: np.ndarray,
-           count_gt: int) -> tuple[float, np.ndarray]:
-  """AP x recall and top-k hits of one query from counts.
-
-  Args:
-    groups: (similarities, sign) whose signed counts give, for any threshold,
-      how many ranked entries (weighted) reach it.
-    tp_scores: [P] similarity of each true-positive detection.
-    tp_pos_weight: i64[P] how many positive entries each one stands for.
-    tp_total_weight: i64[P] how many ranked entries (its positive copies plus
-      duplicate negative copies) carry exactly its similarity.
-    count_gt: entries of the gallery that contain the target.
-
-  Returns:
-    (AP x recall, bool[len(TOP_K)] hits).
-  """
-  count_tp = int(tp_pos_weight.sum())
-  if count_tp == 0 or count_gt == 0:
-    return 0.0, np.zeros(len(TOP_K), bool)
-  thresholds, inverse = np.unique(-tp_scores, return_inverse=True)
-  thresholds = -thresholds  # distinct positive similarities, descending
-  pos_equal = np.bincount(inverse, weights=tp_pos_weight)
-  at_least = np.zeros(thresholds.size, np.int64)
-  for values, sign in groups:
-    at_least += sign * ap_lib.count_at_least(values, thresholds)
-  ap = ap_lib.average_precision_at_positives(pos_equal, at_least)
-  # Rank of the best true positive (0-based): every entry scored higher and
-  # every tied negative except the true positives' own copies.
-  best = inverse == 0
-  rank = at_least[0] - int(tp_total_weight[best].sum())
-  hits = rank < np.asarray(TOP_K)
-  return ap * count_tp / count_gt, hits
+def _concat(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`ranking.score` outputs of consecutive chunks of queries, joined."""
+  empty = (np.zeros(0), np.zeros((0, len(TOP_K)), bool),
+           np.zeros(0, np.int64))
+  return tuple(np.concatenate(p) for p in zip(empty, *parts))
 
 
 def _result(aps: np.ndarray, hits: np.ndarray, count_tp: np.ndarray,
@@ -514,7 +453,9 @@ def eval_search_cuhk(gallery: Gallery, queries: Queries,
   sizes = list(dict.fromkeys(gallery_sizes))
   lists = {}
   # Similarities to every detection (one product per chunk of queries) if
-  # any size needs a large part of them; every size then reads them.
+  # any size needs a large part of them; every size then reads them (the
+  # product is paid anyway, and restricting a row costs less than the
+  # per-image products of a mid-size gallery).
   use_matmul = False
   for size in sizes:
     key = full_set_base if size == FULL_SET else size
@@ -524,102 +465,114 @@ def eval_search_cuhk(gallery: Gallery, queries: Queries,
                           ) if num_q else 0.0
     use_matmul |= (size == FULL_SET or cbgm is not None or
                    listed_dets > _GATHER_FRACTION * flat.num_dets)
-  out = {size: (np.zeros(num_q), np.zeros((num_q, len(TOP_K)), bool),
-                np.zeros(num_q, np.int64), np.zeros(num_q, np.int64))
-         for size in sizes}
-  scratch = np.empty(flat.num_dets, flat.feats.dtype)
+  targets = {size: ranking.cuhk_targets(flat, lists[size], q_pids, q_img,
+                                        duplicates, size == FULL_SET,
+                                        full_set)
+             for size in sizes}
+  if not use_matmul:
+    return {size: _cuhk_gather(flat, targets[size], q_feats)
+            for size in sizes}
+  parts = {size: [] for size in sizes}
   for c0 in range(0, num_q, _QUERY_CHUNK):
     c1 = min(c0 + _QUERY_CHUNK, num_q)
-    sims_chunk = (q_feats[c0:c1] @ flat.feats.T  # [chunk, N]
-                  if use_matmul else None)
-    for q in range(c0, c1):
-      for size in sizes:
-        sims = sims_chunk[q - c0] if use_matmul else None
-        if cbgm is not None:
-          imgs = np.unique(lists[size][q])
-          sims = cbgm_lib.rescore(
-              sims, _ranges(flat.det_start[imgs], flat.det_count[imgs]),
-              flat.feats, flat.det_start, cbgm.feats[q], k1=cbgm.k1,
-              k2=cbgm.k2)
-        aps, hits, count_tp, count_gt = out[size]
-        aps[q], hits[q], count_tp[q], count_gt[q] = _cuhk_query(
-            flat, q_feats[q], int(q_pids[q]), int(q_img[q]), lists[size][q],
-            sims, scratch, full=size == FULL_SET, duplicates=duplicates,
-            full_set=full_set)
-  return {size: _result(*out[size]) for size in sizes}
+    sims_chunk = q_feats[c0:c1] @ flat.feats.T  # [chunk, N]
+    for size in sizes:
+      parts[size].append(_cuhk_chunk(
+          flat, targets[size], sims_chunk, c0, q_img, lists[size], cbgm,
+          full=size == FULL_SET, full_set=full_set))
+  return {size: _result(*_concat(parts[size]), targets[size]["count_gt"])
+          for size in sizes}
 
 
-def _cuhk_query(flat: _FlatGallery, q_feat: np.ndarray, q_pid: int,
-                q_img: int, entries: np.ndarray, sims: np.ndarray | None,
-                scratch: np.ndarray, *, full: bool, duplicates: str,
-                full_set: str) -> tuple[float, np.ndarray, int, int]:
-  """One query of the CUHK-SYSU protocol.
+def _cuhk_gather(flat: _Flat, tg: dict[str, np.ndarray],
+                 q_feats: np.ndarray) -> SearchResult:
+  """CUHK-SYSU lists ranked from padded rows of their similarities."""
+  num_q = len(q_feats)
+  rep = tg["det_mult"]
+  row_q, row_img = np.repeat(tg["entry_q"], rep), np.repeat(
+      tg["entry_img"], rep)
+  first = np.cumsum(rep) - rep  # row entry of each entry's first copy
+  row_len = np.bincount(row_q, weights=flat.det_count[row_img],
+                        minlength=num_q)
+  step = ranking.rows_per_chunk(num_q, int(row_len.max()) if num_q else 0)
+  parts = []
+  for c0 in range(0, num_q, step):
+    c1 = min(c0 + step, num_q)
+    e = ranking.chunk(row_q, c0, c1)
+    values, col = ranking.list_rows(q_feats[c0:c1], flat.feats,
+                                    flat.det_start, row_q[e] - c0,
+                                    row_img[e], c1 - c0)
+    s = ranking.chunk(tg["tp_q"], c0, c1)
+    tp_q, pairs = tg["tp_q"][s], tg["tp_pair"][s]
+    lengths, dets = ranking.candidates(flat, pairs)
+    start = (col[first[tg["tp_entry"][s]] - e.start] -
+             flat.det_start[flat.pair_img[pairs]])
+    tp_score = ranking.segment_max(values[
+        np.repeat(tp_q - c0, lengths), np.repeat(start, lengths) + dets],
+                                   lengths)
 
-  Args:
-    flat: the gallery.
-    q_feat: [D] the query embedding.
-    q_pid: the query identity.
-    q_img: gallery index of the query image, -1 if none.
-    entries: i64[L] the query's gallery list (indices, duplicates allowed).
-    sims: [N] similarities to every detection, or None to compute those of
-      the listed images only (into `scratch`, [N]).
-    full: full-set protocol (every other image as extra negatives).
-    duplicates, full_set: see `eval_search_cuhk`.
+    def count(t, n, v=values):
+      return ranking.count_rows(lambda r: [(v[r], 1)], t, n)
+
+    parts.append(ranking.score(tp_q - c0, tp_score, tg["tp_pos"][s],
+                               tg["tp_total"][s], tg["count_gt"][c0:c1],
+                               count, TOP_K))
+  return _result(*_concat(parts), tg["count_gt"])
+
+
+def _cuhk_chunk(flat: _Flat, tg: dict[str, np.ndarray],
+                sims: np.ndarray, c0: int, q_img: np.ndarray,
+                lists: Sequence[np.ndarray], cbgm: cbgm_lib.Context | None,
+                *, full: bool, full_set: str
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """CUHK-SYSU scores of queries c0 ... from their [chunk, N] similarities.
 
   Returns:
-    (AP x recall, bool[len(TOP_K)] hits, count_tp, count_gt).
+    `ranking.score` of the chunk's queries.
   """
+  c1 = c0 + len(sims)
   num_img = flat.det_count.size
-  # Per gallery image: entries in the list, ranked copies of its detections
-  # (`det_mult`), entries counted in count_gt (`gt_mult`), and its copy among
-  # the full set's negatives (`base`).
-  gt_mult = np.bincount(entries, minlength=num_img)
-  listed = gt_mult > 0
-  if duplicates == "unique":
-    gt_mult = listed.astype(np.int64)
-  det_mult = gt_mult if duplicates == "repeat" else listed.astype(np.int64)
-  base = np.zeros(num_img, np.int64)
-  if full:
-    base[:] = 1
-    if q_img >= 0:
-      base[q_img] = 0
-  # Ranked copies beyond the base ones: SeqNet ranks the listed images again;
-  # psdb ranks them det_mult times in all.
-  extra = det_mult if full_set == "seqnet" else det_mult - base * listed
-  if sims is None:
-    images = np.flatnonzero(listed)
-    dets = _ranges(flat.det_start[images], flat.det_count[images])
-    # einsum, not BLAS: a multithreaded OpenBLAS gemv on a busy machine can
-    # take ~15 ms per call (thread hand-offs) instead of ~0.1 ms.
-    values = np.einsum("nd,d->n", flat.feats[dets], q_feat)
-    scratch[dets] = values
-    sims = scratch
-    counts, extra = flat.det_count[images], extra[images]
-  else:
-    values, counts = sims, flat.det_count
-  # Copies of each detection in the ranking: usually 0 or 1, so a mask does.
-  if extra.size and extra.max() > 1:
-    values = np.repeat(values, np.repeat(extra, counts))
-  elif extra.size and extra.min() < 1:
-    values = values[np.repeat(extra > 0, counts)]
-  groups = [(values, 1)]
-  if full:
-    groups.append((sims, 1))
-    if q_img >= 0:
-      groups.append((sims[flat.det_start[q_img]:flat.det_start[q_img + 1]],
-                     -1))
-  # Targets: the query identity's images that are in the list.
-  lo, hi = flat.pid_range.get(q_pid, (0, 0))
-  pairs = np.arange(lo, hi)
-  pairs = pairs[listed[flat.pair_img[pairs]]]
-  count_gt = int(gt_mult[flat.pair_img[pairs]].sum())
-  tp_scores = _true_positive_scores(flat, pairs, sims)
-  tp_img = flat.pair_img[pairs[flat.cand_start[pairs + 1] >
-                               flat.cand_start[pairs]]]
-  tp_pos = det_mult[tp_img]
-  tp_total = tp_pos + (base[tp_img] if full_set == "seqnet" else 0)
-  ap, hits = _score(groups, tp_scores, tp_pos, tp_total, count_gt)
-  return ap, hits, int(tp_pos.sum()), count_gt
+  if cbgm is not None:
+    sims = sims.copy()
+    for r, q in enumerate(range(c0, c1)):
+      imgs = np.unique(lists[q])
+      sims[r] = cbgm_lib.rescore(
+          sims[r], ranking.ranges(flat.det_start[imgs], flat.det_count[imgs]),
+          flat.feats, flat.det_start, cbgm.feats[q], k1=cbgm.k1, k2=cbgm.k2)
+  entries = ranking.chunk(tg["entry_q"], c0, c1)
+  entry_q = tg["entry_q"][entries]
+  entry_img = tg["entry_img"][entries]
+  det_mult = tg["det_mult"][entries]
+
+  def groups_of(r):
+    q, row = c0 + r, sims[r]
+    k = ranking.chunk(entry_q, q, q + 1)
+    # Ranked copies per image beyond the full set's base copy: SeqNet ranks
+    # the listed images again; psdb ranks them det_mult times in all.
+    extra = np.zeros(num_img, np.int64)
+    extra[entry_img[k]] = det_mult[k]
+    if full and full_set == "psdb":
+      extra[entry_img[k]] -= entry_img[k] != q_img[q]
+    values = row
+    if extra.size and extra.max() > 1:
+      values = np.repeat(row, np.repeat(extra, flat.det_count))
+    elif extra.size and extra.min() < 1:
+      values = row[np.repeat(extra > 0, flat.det_count)]
+    groups = [(values, 1)]
+    if full:
+      groups.append((row, 1))
+      if q_img[q] >= 0:
+        groups.append((row[flat.det_start[q_img[q]]:
+                           flat.det_start[q_img[q] + 1]], -1))
+    return groups
+
+  s = ranking.chunk(tg["tp_q"], c0, c1)
+  tp_q = tg["tp_q"][s]
+  tp_score = ranking.best_candidates(sims, flat, c0, tp_q, tg["tp_pair"][s])
+  return ranking.score(
+      tp_q - c0, tp_score, tg["tp_pos"][s], tg["tp_total"][s],
+      tg["count_gt"][c0:c1],
+      lambda t, n: ranking.count_rows(groups_of, t, n), TOP_K)
 
 
 def eval_search_prw(gallery: Gallery, queries: Queries, *,
@@ -648,52 +601,55 @@ def eval_search_prw(gallery: Gallery, queries: Queries, *,
   num_q = len(q_pids)
   q_img = np.array([flat.index_of.get(_name(n), -1)
                     for n in queries.image_ids], np.int64)
+  det_img = np.repeat(np.arange(flat.det_count.size), flat.det_count)
+  pair_q, pair_t = ranking.query_pairs(flat, q_pids)
+  keep = flat.pair_img[pair_t] != q_img[pair_q]
   if multi_view:
     if queries.cameras is None or gallery.cameras is None:
       raise ValueError("multi_view=True needs Queries.cameras and "
                        "Gallery.cameras.")
     q_cam = np.asarray(queries.cameras, np.int64)
+    keep &= flat.cameras[flat.pair_img[pair_t]] != q_cam[pair_q]
     # Detections of each camera's frames, to subtract from the full ranking.
     det_cam = np.repeat(flat.cameras, flat.det_count)
     cam_dets = {int(c): np.flatnonzero(det_cam == c)
                 for c in np.unique(flat.cameras)}
-  det_img = np.repeat(np.arange(flat.det_count.size), flat.det_count)
-  aps = np.zeros(num_q)
-  hits = np.zeros((num_q, len(TOP_K)), bool)
-  count_tp = np.zeros(num_q, np.int64)
-  count_gt = np.zeros(num_q, np.int64)
+  pair_q, pair_t = pair_q[keep], pair_t[keep]
+  count_gt = np.bincount(pair_q, minlength=num_q).astype(np.int64)
+  has = ranking.has_candidates(flat, pair_t)
+  tp_q, tp_pair = pair_q[has], pair_t[has]
+  ones = np.ones(tp_q.size, np.int64)
+  parts = []
   for c0 in range(0, num_q, _QUERY_CHUNK):
     c1 = min(c0 + _QUERY_CHUNK, num_q)
-    sims_chunk = q_feats[c0:c1] @ flat.feats.T
-    for q in range(c0, c1):
-      sims = sims_chunk[q - c0]
+    sims = q_feats[c0:c1] @ flat.feats.T  # [chunk, N]
+    for r, q in enumerate(range(c0, c1)):
       if cbgm is not None:  # every frame ranked for this query
         ranked = np.flatnonzero((det_img != q_img[q]) & (
             det_cam != q_cam[q] if multi_view else True))
-        sims = cbgm_lib.rescore(sims, ranked, flat.feats, flat.det_start,
-                                cbgm.feats[q], k1=cbgm.k1, k2=cbgm.k2)
-      lo, hi = flat.pid_range.get(int(q_pids[q]), (0, 0))
-      pairs = np.arange(lo, hi)
-      imgs = flat.pair_img[pairs]
-      keep = imgs != q_img[q]
-      groups = [(sims, 1)]
+        sims[r] = cbgm_lib.rescore(sims[r], ranked, flat.feats,
+                                   flat.det_start, cbgm.feats[q], k1=cbgm.k1,
+                                   k2=cbgm.k2)
+
+    def groups_of(r, c0=c0, sims=sims):
+      q = c0 + r
+      groups = [(sims[r], 1)]
       subtract_own = q_img[q] >= 0
       if multi_view:
         cam = int(q_cam[q])
-        keep &= flat.cameras[imgs] != cam
         if cam in cam_dets:
-          groups.append((sims[cam_dets[cam]], -1))
+          groups.append((sims[r][cam_dets[cam]], -1))
         # The query frame is normally one of its camera's frames, already
         # subtracted with them.
         subtract_own &= flat.cameras[max(q_img[q], 0)] != cam
       if subtract_own:
         own = slice(flat.det_start[q_img[q]], flat.det_start[q_img[q] + 1])
-        groups.append((sims[own], -1))
-      pairs = pairs[keep]
-      count_gt[q] = pairs.size
-      tp_scores = _true_positive_scores(flat, pairs, sims)
-      ones = np.ones(tp_scores.size, np.int64)
-      count_tp[q] = tp_scores.size
-      aps[q], hits[q] = _score(groups, tp_scores, ones, ones,
-                               int(count_gt[q]))
-  return _result(aps, hits, count_tp, count_gt)
+        groups.append((sims[r][own], -1))
+      return groups
+
+    s = ranking.chunk(tp_q, c0, c1)
+    tp_score = ranking.best_candidates(sims, flat, c0, tp_q[s], tp_pair[s])
+    parts.append(ranking.score(
+        tp_q[s] - c0, tp_score, ones[s], ones[s], count_gt[c0:c1],
+        lambda t, n, g=groups_of: ranking.count_rows(g, t, n), TOP_K))
+  return _result(*_concat(parts), count_gt)
