@@ -183,3 +183,10 @@ class TwoProcesses:
                     f"{self.logs(log)}")
     codes = [p.returncode for p in procs]
     assert codes == [0, 0], f"exit codes {codes}\n{self.logs(log)}"
+
+
+def pytest_collection_modifyitems(items):
+  """Tests that start subprocesses of their own (several jax processes)
+  run first, so that pytest-xdist's other worker runs the rest meanwhile
+  instead of waiting for them at the end."""
+  items.sort(key=lambda item: "multiprocess_test" not in item.nodeid)
