@@ -20,8 +20,14 @@ Conventions:
 Sampling reads the four neighbours from the map padded by one zero pixel, so
 neighbours outside the image read the padding without per-neighbour masks.
 `deform_conv2d` visits the kernel taps one at a time (`lax.scan`): each step
-gathers that tap's samples for the whole batch (one flat gather index over
-images, pixels and groups) and multiplies them with that tap's kernel slice.
+gathers that tap's samples for the whole batch and multiplies them with that
+tap's kernel slice. The gathers index each image's own rows (a gather with
+the batch as a batching dimension, `jax.vmap`), never one index over the
+whole batch: under data parallelism (a batch sharded over devices) XLA then
+keeps every gather and scatter on the device that holds its image. A single
+flat index over images, pixels and groups made the SPMD partitioner
+all-gather the whole batch's feature map to every device for every tap,
+forward and backward, thousands of collectives per train step.
 Its backward pass is written by hand (`jax.custom_vjp`). It keeps only the
 inputs and regathers the samples, as mmcv's kernels do; per tap, the kernel
 gradient comes from the samples, the input gradient from scatter-adding the
@@ -292,9 +298,10 @@ class _Geometry(NamedTuple):
 
 class _Samples(NamedTuple):
   """Where the taps read the input; tap-major arrays are [K, B, Ho, Wo, G]."""
-  flat: jax.Array  # f32[B * (H+2) * (W+2) * G, Cg]: padded input rows.
+  flat: jax.Array  # f32[B, (H+2) * (W+2) * G, Cg]: padded input rows.
   steps: tuple[int, int, int, int]  # Row steps to the 4 neighbours.
-  top_left: jax.Array  # i32[K, B, Ho, Wo, G]: top-left neighbour's row.
+  top_left: jax.Array  # i32[K, B, Ho, Wo, G]: top-left neighbour's row in
+  # its image's rows.
   ly: jax.Array  # f32[K, B, Ho, Wo, G]: fractional row position.
   lx: jax.Array  # f32[K, B, Ho, Wo, G]: fractional column position.
   inside: jax.Array  # bool[K, B, Ho, Wo, G]: sample in (-1, H) x (-1, W).
@@ -310,8 +317,9 @@ def _samples(geometry: _Geometry, x: jax.Array,
     offsets: f32[B, Ho, Wo, 2 * G * K] offsets, K = kh * kw.
 
   Returns:
-    The input as f32[B * (H + 2) * (W + 2) * G, Cg] rows (padded by one zero
-    pixel, one row per pixel and group) and each sample's neighbours in it.
+    The input as f32[B, (H + 2) * (W + 2) * G, Cg]: each image's rows
+    (padded by one zero pixel, one row per pixel and group), and each
+    sample's neighbours among its image's rows.
   """
   g = geometry
   batch, height, width, cin = x.shape
@@ -330,16 +338,13 @@ def _samples(geometry: _Geometry, x: jax.Array,
   pos_y = base_y[:, None, :, None, None] + offsets[..., 0]  # [K,B,Ho,Wo,G]
   pos_x = base_x[:, None, None, :, None] + offsets[..., 1]
   row, col, ly, lx, inside = _corners(pos_y, pos_x, height, width)
-  # One flat row index over (image, padded row, padded column, group): a
-  # single gather for the whole batch instead of one per image.
+  # One row index over (padded row, padded column, group) of each image.
   padded_w = width + 2
-  image = jax.lax.broadcasted_iota(jnp.int32, row.shape, 1)
   group = jax.lax.broadcasted_iota(jnp.int32, row.shape, 4)
-  top_left = (((image * (height + 2) + row) * padded_w + col) * g.groups
-              + group)
+  top_left = (row * padded_w + col) * g.groups + group
   steps = (0, g.groups, padded_w * g.groups, (padded_w + 1) * g.groups)
   flat = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  flat = flat.reshape(-1, cin // g.groups)
+  flat = flat.reshape(batch, -1, cin // g.groups)
   return _Samples(flat, steps, top_left, ly, lx, inside)
 
 
@@ -376,14 +381,16 @@ def _tap_columns(samples: _Samples, top_left: jax.Array,
 
   Args:
     samples: the sampled map.
-    top_left: i32[B, Ho, Wo, G] the tap's top-left neighbours.
+    top_left: i32[B, Ho, Wo, G] the tap's top-left neighbours, rows of
+      each image.
     weights: 4 x f32[B, Ho, Wo, G] their bilinear weights.
     mask: f32[B, Ho, Wo, G] the tap's modulation, or None.
 
   Returns:
     f32[B * Ho * Wo, Cin] (channels of group g at g * Cg + c).
   """
-  cols = _blend(samples.flat, top_left, samples.steps, weights)
+  cols = jax.vmap(functools.partial(_blend, steps=samples.steps))(
+      samples.flat, top_left, weights=weights)
   if mask is not None:
     cols = cols * mask[..., None].astype(cols.dtype)
   return cols.reshape(-1, cols.shape[-2] * cols.shape[-1])
@@ -430,7 +437,8 @@ def _neighbour_dots(samples: _Samples, top_left: jax.Array,
 
   Args:
     samples: the sampled map.
-    top_left: i32[B, Ho, Wo, G] one tap's top-left neighbours.
+    top_left: i32[B, Ho, Wo, G] one tap's top-left neighbours, rows of
+      each image.
     g_cols: f32[B, Ho, Wo, G, Cg] gradient wrt that tap's blended samples.
 
   Returns:
@@ -441,10 +449,11 @@ def _neighbour_dots(samples: _Samples, top_left: jax.Array,
   # gathered copy (about 6x slower). `.at[].get` rather than `jnp.take`
   # keeps these gathers distinct from `_blend`'s, which XLA would otherwise
   # merge into one materialised copy shared by both.
+  rows = jax.vmap(lambda flat, index: flat.at[index].get(
+      mode="promise_in_bounds"))
   products = tuple(
-      samples.flat.at[top_left + step].get(mode="promise_in_bounds").astype(
-          jnp.float32) * g_cols.astype(jnp.float32)
-      for step in samples.steps)
+      rows(samples.flat, top_left + step).astype(jnp.float32)
+      * g_cols.astype(jnp.float32) for step in samples.steps)
   return jax.lax.reduce(products, (jnp.float32(0),) * len(products),
                         lambda a, b: tuple(u + v for u, v in zip(a, b)),
                         (g_cols.ndim - 1,))
@@ -460,6 +469,8 @@ def _deform_conv_bwd(geometry, residuals, g_out):
   dtype = samples.flat.dtype
   g_rows = g_out.reshape(-1, cout).astype(dtype)  # [B*Ho*Wo, Cout]
   col_shape = (batch, geometry.out_h, geometry.out_w, groups, cin // groups)
+  scatter_add = jax.vmap(lambda rows, index, values: rows.at[index].add(
+      values, mode="promise_in_bounds"))
 
   def tap_step(g_flat, tap):
     kernel_k, top_left_k, weights_k, mask_k = tap
@@ -468,7 +479,12 @@ def _deform_conv_bwd(geometry, residuals, g_out):
     g_cols = g_cols.astype(dtype).reshape(col_shape)
     # Kernel gradient from the regathered samples.
     cols = _tap_columns(samples, top_left_k, weights_k, mask_k)
-    g_kernel_k = jnp.dot(cols.T, g_rows, preferred_element_type=jnp.float32)
+    # One [Cin, Cout] product per image, summed over images after the scan:
+    # with the batch sharded, the sum is then one all-reduce per
+    # convolution instead of one per tap inside the loop.
+    g_kernel_k = jnp.einsum(
+        "bpc,bpo->bco", cols.reshape(batch, -1, cin),
+        g_rows.reshape(batch, -1, cout), preferred_element_type=jnp.float32)
     # p_n = <neighbour n, g_cols> gives the blend weights' gradients.
     dots = _neighbour_dots(samples, top_left_k, g_cols)
     # Input gradient: each neighbour gets its weight times the gradient wrt
@@ -476,15 +492,15 @@ def _deform_conv_bwd(geometry, residuals, g_out):
     g_blend = g_cols if mask_k is None else (
         g_cols * mask_k[..., None].astype(dtype))
     for step, weight in zip(samples.steps, weights_k):
-      g_flat = g_flat.at[top_left_k + step].add(
-          weight.astype(dtype)[..., None] * g_blend, mode="promise_in_bounds")
+      g_flat = scatter_add(g_flat, top_left_k + step,
+                           weight.astype(dtype)[..., None] * g_blend)
     return g_flat, (g_kernel_k, dots)
 
   g_flat, (g_kernel, dots) = jax.lax.scan(
       tap_step, jnp.zeros_like(samples.flat), per_tap)
   g_image = g_flat.reshape(batch, height + 2, width + 2, cin)
   g_image = g_image[:, 1:-1, 1:-1].astype(x.dtype)
-  g_kernel = g_kernel.reshape(kernel.shape).astype(kernel.dtype)
+  g_kernel = g_kernel.sum(axis=1).reshape(kernel.shape).astype(kernel.dtype)
 
   # Back from tap-major [K, B, Ho, Wo, G(, 2)] to the channel order
   # [B, Ho, Wo, G, K(, 2)] of the offsets and the mask.

@@ -1,5 +1,6 @@
 """Tests for ps_jax.ops.deform_conv against slow numpy loop references."""
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -347,3 +348,51 @@ def test_custom_backward_matches_autodiff_of_plain_formulation(case):
   assert outside.sum() > 10 and (~outside).sum() > 10
   assert np.all(g_offsets[outside] == 0)
   assert np.abs(g_offsets[~outside]).max() > 0
+
+
+def _collectives(compiled_text: str) -> list[str]:
+  """The cross-device operations of a compiled module, each named with
+  " in a loop" when it sits in a while loop's body."""
+  ops = ("all-gather", "all-reduce", "all-to-all", "collective-permute",
+         "reduce-scatter")
+  bodies = set(re.findall(r"body=%?([\w.\-]+)", compiled_text))
+  found, computation = [], None
+  for line in compiled_text.splitlines():
+    header = re.match(r"(?:ENTRY )?%?([\w.\-]+) ", line)
+    if header and not line.startswith(" ") and line.rstrip().endswith("{"):
+      computation = header.group(1)
+    found += [op + (" in a loop" if computation in bodies else "")
+              for op in ops if f" {op}(" in line or f" {op}-start(" in line]
+  return found
+
+
+def test_data_parallel_stays_on_each_device():
+  # Batch sharded over 8 devices, as the train step shards it: the forward
+  # pass needs no communication and the backward pass one all-reduce (the
+  # kernel gradient summed over images). A gather indexing the whole batch
+  # once made XLA all-gather every image to every device, for every tap.
+  from ps_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  mesh = mesh_lib.make_mesh(8)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8, 6, 7, 4)).astype(np.float32)
+  offsets = (2 * rng.normal(size=(8, 6, 7, 2 * 2 * 9))).astype(np.float32)
+  kernel = rng.normal(size=(3, 3, 4, 5)).astype(np.float32)
+  mask = rng.uniform(size=(8, 6, 7, 2 * 9)).astype(np.float32)
+  batch, whole = mesh_lib.data_sharding(mesh), mesh_lib.replicated(mesh)
+  args = (jax.device_put(x, batch), jax.device_put(offsets, batch),
+          jax.device_put(kernel, whole), jax.device_put(mask, batch))
+
+  def loss(x, offsets, kernel, mask):
+    out = dc.deform_conv2d(x, offsets, kernel, mask, padding=1,
+                           offset_groups=2)
+    return jnp.sum(out * out)
+
+  forward = jax.jit(lambda *a: dc.deform_conv2d(*a[:3], a[3], padding=1,
+                                                offset_groups=2))
+  assert not _collectives(forward.lower(*args).compile().as_text())
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+  assert _collectives(grad.lower(*args).compile().as_text()) == [
+      "all-reduce"]
+  wants = jax.grad(loss, argnums=(0, 1, 2, 3))(x, offsets, kernel, mask)
+  for got, want in zip(grad(*args), wants):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
