@@ -18,19 +18,19 @@ The global batch and its augmentation are the same whatever the number of
 processes (`ps_jax.data.order`), so the runs agree up to the order of the
 floating-point sums across devices.
 
-On this project's 2-core CI machine the module takes about 11 minutes (2
-launches of 2 processes, each compiling the train step; 8 Gloo ranks
-busy-waiting on 2 cores), more than a third of the CI budget, so it runs
-when PS_JAX_MULTIPROCESS_TESTS=1 is set:
+The batch-hard triplet loss is off. Its max and min over distances switch
+candidates when two distances are within float32 rounding of each other,
+and then the gradient moves while the loss does not: with it on, the step
+after the 2 -> 1 restore gave the same loss to 7 digits but momentum
+traces 4 % apart; with it off, 8.5e-6. That measures the loss's kinks, not
+the processes. tests/train/step_test.py covers the triplet on 8 devices in
+one process.
 
-  PS_JAX_MULTIPROCESS_TESTS=1 pytest -q tests/train/multiprocess_test.py
-
-The 2-process `ps-search index` test (tests/search/multiprocess_test.py)
-runs in every suite.
+The module takes about 3 minutes on the 2-core CI machine (2 launches of 2
+processes, each compiling the train step).
 """
 
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -47,19 +47,15 @@ from ps_jax.train import loop
 from tests.conftest import TwoProcesses
 from tests.train.conftest import read_metrics
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("PS_JAX_MULTIPROCESS_TESTS", "") != "1",
-    reason="about 11 minutes on 2 cores: set PS_JAX_MULTIPROCESS_TESTS=1")
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 3
 KILL_AFTER = 2  # both processes are killed once this checkpoint exists
 LOCAL_DEVICES = 4
 # Measured between 2 x 4 and 1 x 8 devices after 3 steps: every leaf of
-# the state within 8.8e-6 of max(1, its largest magnitude) (parameters and
-# OIM memory 2.2e-6; the momentum traces differ most), the logged metrics
-# within 8.6e-7 of max(1, |value|): float sums across devices in another
-# order.
+# the state within 3.2e-6 of max(1, its largest magnitude) (parameters
+# 1.2e-7, OIM memory 1.1e-6; the momentum traces differ most), and 8.5e-6
+# one step after the 2 -> 1 restore; the logged metrics within 6.8e-7 of
+# max(1, |value|): float sums across devices in another order.
 STATE_TOL, LOSS_TOL = 1e-4, 1e-5
 
 
@@ -69,7 +65,7 @@ def _overrides(data_dir, steps):
           "--config.data.train_scales=96x96",
           f"--config.run.num_steps={steps}",
           "--config.run.checkpoint_every=1", "--config.run.log_every=1",
-          "--config.run.max_to_keep=10",
+          "--config.run.max_to_keep=10", "--config.loss.triplet=False",
           "--config.eval.score_threshold=0", "--config.eval.det_thresh=0"]
 
 
@@ -135,6 +131,7 @@ def tiny_config(make_tiny_config):
     config.run.checkpoint_every = 1
     config.run.log_every = 1
     config.run.max_to_keep = 10
+    config.loss.triplet = False  # see the module docstring
     config.eval.score_threshold = 0.0
     config.eval.det_thresh = 0.0
     return config
