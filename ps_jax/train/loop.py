@@ -199,12 +199,18 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
   last_logged: dict[str, float] = {}
   last_saved = step
   t0, t_last, step_last = time.time(), time.time(), step
+  # Seconds spent waiting for the input pipeline since the last log line.
+  # The step runs asynchronously, so `next` overlaps the running step and
+  # only a pipeline slower than the step makes this wait.
+  input_wait = 0.0
   if step == first and step < num_steps:
     logging.info("Compiling the train step (first step of each scale bucket "
                  "compiles once)...")
   try:
     while step < num_steps and (stop_after is None or step < stop_after):
+      t_input = time.perf_counter()
       host_batch = next(data_iter)
+      input_wait += time.perf_counter() - t_input
       batch = mesh_lib.host_to_global(host_batch, mesh)
       state, metrics = step_fn(state, batch)
       step += 1
@@ -223,11 +229,15 @@ def train_and_evaluate(experiment: Any, workdir: str, *,
         now = time.time()
         rate = (step - step_last) / max(now - t_last, 1e-9)
         scalars["train/steps_per_sec"] = rate
+        scalars["train/input_wait"] = min(
+            input_wait / max(now - t_last, 1e-9), 1.0)
+        input_wait = 0.0
         writer.write(step, scalars)
         last_logged = scalars
         logging.info(
-            "step %d/%d  loss %.4f (%s)  %.2f steps/s  ETA %s", step,
-            num_steps, scalars["train/loss"], _loss_terms(scalars), rate,
+            "step %d/%d  loss %.4f (%s)  %.2f steps/s  input wait %.0f%%  "
+            "ETA %s", step, num_steps, scalars["train/loss"],
+            _loss_terms(scalars), rate, 100 * scalars["train/input_wait"],
             _format_eta((num_steps - step) / max(rate, 1e-9)))
         t_last, step_last = now, step
       if do_save:

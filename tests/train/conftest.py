@@ -142,5 +142,6 @@ def read_metrics(workdir) -> dict[int, dict[str, float]]:
     step = row.pop("step")
     assert step not in out, f"step {step} logged twice"
     row.pop("train/steps_per_sec")
+    row.pop("train/input_wait")
     out[step] = row
   return out
