@@ -146,9 +146,12 @@ def test_pad32_sub_mean_reaches_the_model_in_training_and_prediction():
     return {"image": image, "image_hw": jnp.asarray(image_hw, jnp.int32),
             "orig_hw": jnp.asarray(image_hw, jnp.int32)}
 
+  # Jitted: op by op, the four predictions and the loss took over a minute.
+  predicts = {id(s): jax.jit(s.predict) for s in (pad32, canvas)}
+
   def embeddings(system, image_hw):
-    return system.predict(variables, batch(image_hw),
-                          jnp.zeros((2, 4)))["query_embedding"]
+    return predicts[id(system)](variables, batch(image_hw),
+                                jnp.zeros((2, 4)))["query_embedding"]
 
   # Images that round up to the whole 64 x 64 canvas: the canvas's mean.
   np.testing.assert_allclose(embeddings(pad32, [[40, 50], [64, 33]]),
@@ -165,7 +168,8 @@ def test_pad32_sub_mean_reaches_the_model_in_training_and_prediction():
                      boxes_valid=jnp.ones((2, 1), bool))
   params = variables["params"]
   state = {k: v for k, v in variables.items() if k != "params"}
-  loss, _ = pad32.loss(params, state, memory, train_batch, jax.random.key(2))
+  loss, _ = jax.jit(pad32.loss)(params, state, memory, train_batch,
+                                jax.random.key(2))
   assert np.isfinite(float(loss))
 
 
