@@ -4,7 +4,10 @@ Reads the synthetic person-search dataset (built into --data_dir with
 `data_builders.build` if it is not there yet) and times
 `ps_jax.data.pipeline.train_iterator` at two settings:
   synthetic     the training scales of configs/synthetic.py (or --scales);
-  alignps_test  AlignPS's single test scale, 900 x 1500 (H x W).
+  alignps_test  AlignPS's single test scale, 900 x 1500 (H x W);
+  alignps_train AlignPS's six training scales (configs/common.py
+                ALIGNPS_TRAIN_SCALES, 400 x 667 to 1200 x 2000), one drawn
+                per batch as in training.
 for every combination of --workers and --threads. Prints a markdown table
 (best of --repeats runs per row).
 
@@ -39,7 +42,8 @@ flags.DEFINE_enum("source", "tfds", ["tfds", "memory"], "Where records come "
 flags.DEFINE_string("dataset_config", "default", "Synthetic builder config.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: a temp dir).")
 flags.DEFINE_integer("num_images", 64, "Scenes rendered for --source=memory.")
-flags.DEFINE_list("settings", ["synthetic", "alignps_test"], "Scale settings.")
+flags.DEFINE_list("settings", ["synthetic", "alignps_test", "alignps_train"],
+                  "Scale settings (see the module docstring).")
 flags.DEFINE_string("scales", None, "Override the synthetic training scales, "
                     "e.g. '256x384,320x480' (HxW).")
 flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker processes.")
@@ -58,6 +62,11 @@ def _synthetic_scales() -> list[tuple[int, int]]:
             for s in FLAGS.scales.split(",")]
   from configs import synthetic  # pylint: disable=g-import-not-at-top
   return [tuple(s) for s in synthetic.get_config().data.train_scales]
+
+
+def _alignps_train_scales() -> list[tuple[int, int]]:
+  from configs import common  # pylint: disable=g-import-not-at-top
+  return [tuple(s) for s in common.ALIGNPS_TRAIN_SCALES]
 
 
 def _memory_source(n: int) -> list[dict]:
@@ -122,8 +131,9 @@ def main(argv):
         "| images/s |")
   print("|---|---|---|---|---|---|")
   for setting in FLAGS.settings:
-    scales = (_synthetic_scales() if setting == "synthetic"
-              else [ALIGNPS_TEST_SCALE])
+    scales = {"synthetic": _synthetic_scales,
+              "alignps_test": lambda: [ALIGNPS_TEST_SCALE],
+              "alignps_train": _alignps_train_scales}[setting]()
     shown = ", ".join(f"{h}x{w}" for h, w in scales)
     for workers in (int(w) for w in FLAGS.workers):
       for threads in (int(t) for t in FLAGS.threads):
