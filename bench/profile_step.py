@@ -138,28 +138,26 @@ def hlo_index(text: str) -> dict[str, tuple[str, str, str]]:
   return out
 
 
+# (part, where to look: the op_name or the source files, what to find),
+# first match wins.
+_PARTS = (
+    ("deformable", "source", ("ops/deform_conv.py",)),
+    ("backbone", "op_name", ("/backbone/",)),
+    ("neck", "op_name", ("/neck/",)),
+    ("head", "op_name", ("/head/",)),
+    ("oim", "source", ("losses/oim.py",)),
+    ("triplet", "source", ("losses/triplet.py",)),
+    ("fcos targets", "source", ("losses/fcos.py", "ops/assign.py",
+                                "ops/points.py", "ops/boxes.py")),
+    ("optimizer", "source", ("optax", "train/optim.py")),
+)
+
+
 def part_of(op_name: str, source_file: str) -> str:
   """The model part an operation belongs to (see the module docstring)."""
-  source = source_file.replace("\\", "/")
-  if "ops/deform_conv.py" in source:
-    part = "deformable"
-  elif "/backbone/" in op_name:
-    part = "backbone"
-  elif "/neck/" in op_name:
-    part = "neck"
-  elif "/head/" in op_name:
-    part = "head"
-  elif "losses/oim.py" in source:
-    part = "oim"
-  elif "losses/triplet.py" in source:
-    part = "triplet"
-  elif any(s in source for s in ("losses/fcos.py", "ops/assign.py",
-                                 "ops/points.py", "ops/boxes.py")):
-    part = "fcos targets"
-  elif "optax" in source or "train/optim.py" in source:
-    part = "optimizer"
-  else:
-    part = "other"
+  fields = {"op_name": op_name, "source": source_file.replace("\\", "/")}
+  part = next((name for name, field, needles in _PARTS
+               if any(n in fields[field] for n in needles)), "other")
   if part in ("backbone", "neck", "head", "deformable"):
     part += " bwd" if "transpose(" in op_name else " fwd"
   return part
