@@ -258,7 +258,8 @@ def list_rows(q_feats: np.ndarray, feats: np.ndarray, det_start: np.ndarray,
 
   Entry e puts the detections of image row_img[e] into row row_q[e], after
   those of the earlier entries of that row. The products are grouped by
-  image: the rows listing an image get its similarities from one product.
+  image: the rows listing an image get its similarities from one product,
+  and an image listed twice in one row gets bit-equal values in both places.
 
   Args:
     q_feats: [R, D] one embedding per row.
@@ -296,8 +297,17 @@ def list_rows(q_feats: np.ndarray, feats: np.ndarray, det_start: np.ndarray,
     g = feats[det_start[i]:det_start[i + 1]]
     size = (hi - lo) * g.shape[0]
     if size:
-      buffer[offset:offset + size] = (q_feats[row_q[order[lo:hi]]] @ g.T
-                                      ).reshape(-1)
+      # A row listing the image twice (CUHK-SYSU's repeated entries) takes
+      # both copies from one product row: BLAS may round two equal input
+      # rows differently, and the copies must tie exactly.
+      rows = row_q[order[lo:hi]]  # non-decreasing: copies are adjacent
+      new = np.empty(rows.size, bool)
+      new[:1] = True
+      np.not_equal(rows[1:], rows[:-1], out=new[1:])
+      product = q_feats[rows[new]] @ g.T
+      if not new.all():
+        product = product[np.cumsum(new) - 1]
+      buffer[offset:offset + size] = product.reshape(-1)
       offset += size
   out.reshape(-1)[dest] = buffer
   return out, col

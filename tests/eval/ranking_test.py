@@ -75,6 +75,22 @@ def test_list_rows_match_direct_products():
     np.testing.assert_array_equal(col[mine], starts)
 
 
+def test_an_image_listed_three_times_in_a_row_ties_exactly():
+  # CUHK-SYSU's "repeat" rule ranks every copy; AP then needs them to tie.
+  # OpenBLAS rounded the rows of a 3 x 8 by 8 x 4 product of three equal
+  # rows differently (numpy 2.4), so each copy is checked bit for bit.
+  rng = np.random.default_rng(0)
+  for count in range(1, 12):
+    det_start = np.array([0, count])
+    feats = rng.normal(size=(count, 8))
+    q_feats = rng.normal(size=(1, 8))
+    values, _ = ranking.list_rows(q_feats, feats, det_start,
+                                  np.zeros(3, np.int64),
+                                  np.zeros(3, np.int64), 1)
+    copies = values.reshape(3, count)
+    np.testing.assert_array_equal(copies, copies[[0, 0, 0]], err_msg=count)
+
+
 def test_segment_max():
   values = np.array([1.0, 5.0, 2.0, 7.0, 0.5, 3.0])
   np.testing.assert_array_equal(ranking.segment_max(values, np.array([2, 1,
