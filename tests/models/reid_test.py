@@ -124,7 +124,9 @@ def test_glad_four_streams_share_one_trunk():
   x = jax.random.normal(jax.random.key(0), (2, 64, 32, 3))
   kp = jnp.tile(jnp.asarray([[0.5, 0.05], [0.5, 0.2], [0.6, 0.5],
                              [0.4, 0.5]]), (2, 1, 1))
-  variables = model.init(jax.random.key(1), x, kp, jnp.array([True, False]))
+  # Jitted throughout: op by op, GLAD's four streams took minutes.
+  variables = jax.jit(model.init)(jax.random.key(1), x, kp,
+                                  jnp.array([True, False]))
   params = variables["params"]
   assert set(params) == {"trunk"} | {f"classifier_{s}"
                                      for s in glad.STREAMS}
@@ -132,14 +134,15 @@ def test_glad_four_streams_share_one_trunk():
                                                norm="group"), x)
   assert sum(int(np.prod(v.shape)) for v in jax.tree.leaves(
       params["trunk"])) == trunk_only
-  out = model.apply(variables, x, kp, jnp.array([True, False]))
+  out = jax.jit(model.apply)(variables, x, kp, jnp.array([True, False]))
   c = googlenet.out_channels(0.0625)
   assert out["descriptor"].shape == (2, 4 * c) == (2, model.descriptor_dim)
   assert len(out["logits"]) == 4
   assert out["parts_from_keypoints"].tolist() == [True, False]
   # The global stream's slice is the trunk on the whole crop.
-  whole = googlenet.GoogLeNet(width_multiplier=0.0625, norm="group").apply(
-      {"params": params["trunk"]}, x)
+  whole = jax.jit(googlenet.GoogLeNet(width_multiplier=0.0625,
+                                      norm="group").apply)(
+                                          {"params": params["trunk"]}, x)
   np.testing.assert_allclose(out["descriptor"][:, :c],
                              jnp.mean(whole, axis=(1, 2)), rtol=1e-5,
                              atol=1e-6)
@@ -149,8 +152,8 @@ def test_glad_fixed_keypoints_ignore_the_dataset():
   model = glad.GLAD(width_multiplier=0.0625, norm="group", keypoints="fixed")
   x = jax.random.normal(jax.random.key(0), (1, 64, 32, 3))
   kp = jnp.asarray([[[0.5, 0.3], [0.5, 0.4], [0.6, 0.7], [0.4, 0.7]]])
-  variables = model.init(jax.random.key(1), x)
-  out = model.apply(variables, x, kp, jnp.array([True]))
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  out = jax.jit(model.apply)(variables, x, kp, jnp.array([True]))
   assert not bool(out["parts_from_keypoints"][0])
   np.testing.assert_allclose(out["part_boxes"][0],
                              glad.part_boxes(jnp.asarray(

@@ -79,11 +79,12 @@ def test_loss_sums_the_stream_losses_and_adds_the_triplet():
                          loss={"label_smoothing": 0.1, "w_triplet": 2.0},
                          predict={})
   batch = _batch()
-  variables, _ = system.init(jax.random.key(0), batch["image"][:1])
-  loss, aux = system.loss(variables["params"], {}, None, batch,
-                          jax.random.key(1))
-  out = system.model.apply(variables, batch["image"], batch["keypoints"],
-                           batch["has_keypoints"])
+  variables, _ = jax.jit(system.init)(jax.random.key(0), batch["image"][:1])
+  loss, aux = jax.jit(system.loss, static_argnums=2)(
+      variables["params"], {}, None, batch, jax.random.key(1))
+  out = jax.jit(system.model.apply)(variables, batch["image"],
+                                    batch["keypoints"],
+                                    batch["has_keypoints"])
   assert len(out["logits"]) == 4
   want_id = sum(_numpy_smoothed_ce(lg, batch["pid"], 0.1)
                 for lg in out["logits"])
@@ -118,10 +119,10 @@ def test_gradients_reach_every_parameter():
   system = systems.build("mlfn", num_ids=3, model=TINY_MODELS["mlfn"],
                          loss={}, predict={})
   batch = _batch()
-  variables, _ = system.init(jax.random.key(0), batch["image"][:1])
-  grads = jax.grad(lambda p: system.loss(p, {}, None, batch,
-                                         jax.random.key(1))[0])(
-                                             variables["params"])
+  variables, _ = jax.jit(system.init)(jax.random.key(0), batch["image"][:1])
+  grads = jax.jit(jax.grad(lambda p: system.loss(p, {}, None, batch,
+                                                 jax.random.key(1))[0]))(
+                                                     variables["params"])
   leaves = jax.tree_util.tree_leaves_with_path(grads)
   assert all(np.isfinite(g).all() for _, g in leaves)
   dead = [jax.tree_util.keystr(p) for p, g in leaves
