@@ -286,27 +286,30 @@ def list_rows(q_feats: np.ndarray, feats: np.ndarray, det_start: np.ndarray,
   img = row_img[order]
   # Entries grouped by image; the product of image i fills count[i] columns
   # of each of its rows, written in this grouped order.
-  dest = ranges(row_q[order] * width + col[order], count[order])
+  rows = row_q[order]  # non-decreasing within each image's group
+  dest = ranges(rows * width + col[order], count[order])
   buffer = np.empty(dest.size, feats.dtype)
   bounds = np.flatnonzero(np.diff(img)) + 1
   starts = np.concatenate([[0], bounds])
   ends = np.concatenate([bounds, [img.size]])
+  # A row listing an image twice (CUHK-SYSU's repeated entries) takes both
+  # copies from one product row: BLAS may round two equal input rows
+  # differently, and the copies must tie exactly. Copies are adjacent.
+  copy = np.zeros(img.size, bool)
+  copy[1:] = (rows[1:] == rows[:-1]) & (img[1:] == img[:-1])
+  has_copies = np.logical_or.reduceat(copy, starts)
   offset = 0
-  for lo, hi in zip(starts.tolist(), ends.tolist()):
+  for lo, hi, copies in zip(starts.tolist(), ends.tolist(),
+                            has_copies.tolist()):
     i = int(img[lo])
     g = feats[det_start[i]:det_start[i + 1]]
     size = (hi - lo) * g.shape[0]
     if size:
-      # A row listing the image twice (CUHK-SYSU's repeated entries) takes
-      # both copies from one product row: BLAS may round two equal input
-      # rows differently, and the copies must tie exactly.
-      rows = row_q[order[lo:hi]]  # non-decreasing: copies are adjacent
-      new = np.empty(rows.size, bool)
-      new[:1] = True
-      np.not_equal(rows[1:], rows[:-1], out=new[1:])
-      product = q_feats[rows[new]] @ g.T
-      if not new.all():
-        product = product[np.cumsum(new) - 1]
+      if copies:
+        first = ~copy[lo:hi]
+        product = (q_feats[rows[lo:hi][first]] @ g.T)[np.cumsum(first) - 1]
+      else:
+        product = q_feats[rows[lo:hi]] @ g.T
       buffer[offset:offset + size] = product.reshape(-1)
       offset += size
   out.reshape(-1)[dest] = buffer
