@@ -11,6 +11,8 @@ discrete choice in the OIM step (1 and 8 devices then disagreed by 3 %).
 Set --xla_backend_optimization_level yourself to test another level.
 """
 import os
+import shutil
+import tempfile
 
 _flags = os.environ.get("XLA_FLAGS", "")
 if "--xla_backend_optimization_level" not in _flags:
@@ -18,6 +20,21 @@ if "--xla_backend_optimization_level" not in _flags:
 os.environ["XLA_FLAGS"] = (
     _flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for the whole run, shared by
+# pytest-xdist's workers and by the train.py, eval and ps-search processes
+# the tests start: many tests compile the same tiny programs (one system's
+# step on one mesh), and every compilation after the first is a read from
+# disk of the same executable. The first process to import this file makes
+# the directory (pytest-xdist's controller, before it starts the workers,
+# which inherit the variable) and removes it when the run ends. Set
+# JAX_COMPILATION_CACHE_DIR yourself to use (and keep) your own.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="ps_jax_tests_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
 
@@ -195,6 +212,12 @@ class TwoProcesses:
                     f"{self.logs(log)}")
     codes = [p.returncode for p in procs]
     assert codes == [0, 0], f"exit codes {codes}\n{self.logs(log)}"
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

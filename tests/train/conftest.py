@@ -9,18 +9,16 @@ Compiling the tiny AlignPS train step takes tens of seconds on a 2-core CPU
 and dominates these tests, so:
   * the tiny configs train at a single scale bucket, so the step compiles
     once per mesh (the bucket mechanism itself is tested with the pipeline);
-  * a persistent XLA compilation cache lives for the test session: every
-    `train_and_evaluate` call jits its own step function, and the cache turns
-    the second and later compilations of the same program (same system,
-    same mesh) into a load from disk. Results are identical either way.
+  * every `train_and_evaluate` call jits its own step function, and the
+    suite's persistent compilation cache (tests/conftest.py) turns the
+    second and later compilations of the same program (same system, same
+    mesh) into a load from disk. Results are identical either way.
 """
 
 import json
 import pathlib
 from collections.abc import Callable
 
-import jax
-from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 import orbax.checkpoint as ocp
 import pytest
@@ -34,23 +32,6 @@ from ps_jax import experiment
 TINY_SCALE = (96, 96)
 # The systems the trainer's tests run over (see the module docstring).
 SYSTEMS = ("alignps", "oim", "toy")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  options = {"jax_compilation_cache_dir":
-                 str(tmp_path_factory.mktemp("xla_cache")),
-             "jax_persistent_cache_min_compile_time_secs": 0.0,
-             "jax_persistent_cache_min_entry_size_bytes": 0}
-  before = {k: getattr(jax.config, k) for k in options}
-  for k, v in options.items():
-    jax.config.update(k, v)
-  # The cache decides once per process whether it is on; start it afresh.
-  compilation_cache.reset_cache()
-  yield
-  for k, v in before.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ a checkpoint every 2):
            complete checkpoint; the half-written step 4 is not listed) and
            end with the same state, byte for byte, and the same metrics as
            the full run.
-A persistent compilation cache shared by the three processes keeps this to
-about one compilation.
+The suite's persistent compilation cache (tests/conftest.py), which the three
+processes share, keeps this to about one compilation.
 """
 
 import os
@@ -53,12 +53,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _train(workdir, data_dir, cache_dir, *, kill: bool
+def _train(workdir, data_dir, *, kill: bool
            ) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             PS_JAX_TEST_KILL_AT=str(KILL_AT))
+  env = dict(os.environ, PS_JAX_TEST_KILL_AT=str(KILL_AT))
   args = [str(ROOT / "train.py"),
           "--config=" + str(ROOT / "configs" / "synthetic_tiny.py"),
           f"--config.dataset.data_dir={data_dir}",
@@ -74,15 +71,14 @@ def _train(workdir, data_dir, cache_dir, *, kill: bool
 
 @pytest.fixture(scope="module")
 def runs(tiny_synthetic_dir, tmp_path_factory):
-  cache = tmp_path_factory.mktemp("xla_cache")
   full = tmp_path_factory.mktemp("full")
-  proc = _train(full, tiny_synthetic_dir, cache, kill=False)
+  proc = _train(full, tiny_synthetic_dir, kill=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   killed = tmp_path_factory.mktemp("killed")
-  proc = _train(killed, tiny_synthetic_dir, cache, kill=True)
+  proc = _train(killed, tiny_synthetic_dir, kill=True)
   listing = sorted(p.name for p in (killed / "ckpt").iterdir())
   after_kill = checkpoint.manager(killed, async_save=False).all_steps()
-  resumed = _train(killed, tiny_synthetic_dir, cache, kill=False)
+  resumed = _train(killed, tiny_synthetic_dir, kill=False)
   return {"full": full, "killed": killed, "kill_rc": proc.returncode,
           "kill_stderr": proc.stderr, "listing": listing,
           "after_kill": list(after_kill), "resumed": resumed}
