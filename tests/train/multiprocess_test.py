@@ -26,19 +26,13 @@ traces 4 % apart; with it off, 8.5e-6. That measures the loss's kinks, not
 the processes. tests/train/step_test.py covers the triplet on 8 devices in
 one process.
 
-The module takes about 3 minutes alone on a 2-core machine (2 launches of 2
-processes, each compiling the train step), but beside pytest-xdist's other
-worker it added about 8 minutes to a CI run that then took 36, over the
-30-minute budget. So it runs when asked:
-
-  PS_JAX_MULTIPROCESS_TESTS=1 pytest -q tests/train/multiprocess_test.py
-
-The 2-process `ps-search index` test (tests/search/multiprocess_test.py)
-runs in every suite.
+The module takes about 3 minutes alone on a 2-core machine: 2 launches of 2
+processes, each compiling the train step, since several CPU processes do not
+use the persistent compilation cache (ps_jax/mesh.py). Its tests run first
+(tests/conftest.py), beside pytest-xdist's other worker.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -54,10 +48,6 @@ from ps_jax.eval import __main__ as eval_main
 from ps_jax.train import loop
 from tests.conftest import TwoProcesses
 from tests.train.conftest import read_metrics
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("PS_JAX_MULTIPROCESS_TESTS", "") != "1",
-    reason="3 minutes alone, 8 in the CI run: set PS_JAX_MULTIPROCESS_TESTS=1")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 3
