@@ -40,10 +40,11 @@ batches are noise crops with random identities and plausible keypoints.
 Reported per case: compile time (lower + XLA compile, seconds), the median
 steady-state step time of `--steps` calls after `--warmup` calls (each
 synchronised with block_until_ready), the model FLOPs of one step from XLA's
-cost analysis (of the same step with plain convs in place of the deformable
-ones: XLA counts the body of the deformable conv's tap loop once, and that
-count is shown too; OIM has no deformable conv, so its two counts are the
-same), the achieved FLOP/s and its fraction of this machine's
+cost analysis of the lowered program (of the same step with plain convs in
+place of the deformable ones: XLA counts the body of the deformable conv's
+tap loop once), the compiled program's own count ("XLA-counted": on a GPU
+it leaves out the convolutions run by cuDNN), the achieved FLOP/s and its
+fraction of this machine's
 matmul peak (best of 20 jitted 2048x2048 matmuls in the
 same dtype, measured in the case's process just before its steps, so under
 the same load), XLA's temporary buffer size, and the process's peak RSS.
@@ -208,9 +209,9 @@ def _random_batch(rng, batch: int, height: int, width: int, max_boxes: int,
   }
 
 
-def _compiled_step(config, num_ids: int, mesh, batch):
-  """(fresh state, compiled train step, seconds to lower, to compile, to
-  initialise the state) for `config`, jitted as the train loop jits it."""
+def _lowered_step(config, num_ids: int, mesh, batch):
+  """(fresh state, lowered train step, seconds to lower, to initialise the
+  state) for `config`, jitted as the train loop jits it."""
   system = experiment.build_system(config, num_ids)
   t0 = time.perf_counter()
   state, tx, schedule = step_lib.init_state(
@@ -223,14 +224,23 @@ def _compiled_step(config, num_ids: int, mesh, batch):
   t0 = time.perf_counter()
   lowered = step_fn.lower(state, batch)
   lower_s = time.perf_counter() - t0
+  return state, lowered, lower_s, init_s
+
+
+def _compiled_step(config, num_ids: int, mesh, batch):
+  """(fresh state, compiled train step, seconds to lower, to compile, to
+  initialise the state) for `config`, jitted as the train loop jits it."""
+  state, lowered, lower_s, init_s = _lowered_step(config, num_ids, mesh,
+                                                  batch)
   t0 = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   return state, compiled, lower_s, compile_s, init_s
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
+def _flops(stage) -> float:
+  """XLA's FLOP count of a lowered or compiled program."""
+  cost = stage.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
     cost = cost[0]
   return float(cost.get("flops", float("nan")))
@@ -265,25 +275,26 @@ def run_case(name: str, steps: int, warmup: int, dtype: str
                          height, width, config.data.max_boxes, num_ids)
   batch = mesh_lib.host_to_global(host, mesh)
 
-  # Model FLOPs. XLA's cost analysis counts the body of a loop once, and the
-  # deformable conv visits its taps in a lax.scan, so its convolution
-  # arithmetic is undercounted ~9x. The same step with plain convs in those
-  # places has the same convolution FLOPs (the bilinear sampling, a few
-  # percent, is left out); compiled only for its cost analysis.
+  # Model FLOPs, counted by XLA in the lowered program, before the backend
+  # compiles it: a compiled GPU program runs its convolutions as cuDNN
+  # calls, which its cost analysis does not count. XLA counts the body of a
+  # loop once, and the deformable conv visits its taps in a lax.scan, so its
+  # convolution arithmetic is undercounted ~9x. The same step with plain
+  # convs in those places has the same convolution FLOPs (the bilinear
+  # sampling, a few percent, is left out); lowered only for its count.
+  config_for_flops = config
   plain_model = _plain_conv_model(config.model)
   if plain_model is not None:
-    plain = config.copy_and_resolve_references()
-    plain.model = plain_model
-    plain_state, plain_step, *_ = _compiled_step(plain, num_ids, mesh, batch)
-    model_flops = _flops(plain_step)
-    del plain_state, plain_step
+    config_for_flops = config.copy_and_resolve_references()
+    config_for_flops.model = plain_model
+  _, lowered, *_ = _lowered_step(config_for_flops, num_ids, mesh, batch)
+  model_flops = _flops(lowered)
+  del lowered
 
   state, compiled, lower_s, compile_s, init_s = _compiled_step(
       config, num_ids, mesh, batch)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   xla_flops = _flops(compiled)
-  if plain_model is None:
-    model_flops = xla_flops
   memory = compiled.memory_analysis()
   temp_gb = (getattr(memory, "temp_size_in_bytes", float("nan")) / 2**30
              if memory is not None else float("nan"))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RESULT = "RESULT "
+
+
+def _fmt(times: list[float]) -> str:
+  return "[" + ", ".join(f"{t:.3g}" for t in times) + "]"
 
 
 def ps_infer(height: int, width: int, steps: int, warmup: int) -> dict:
@@ -100,10 +105,14 @@ def _run(cmd: list[str], timeout: float) -> dict:
   return {"error": f"exit status {proc.returncode}: {tail}"}
 
 
-def _check_torch(python: str) -> str:
-  if not os.path.exists(python):
-    sys.exit(f"--torch_python={python}: no such file; create the "
-             "environment first (see bench/anchors/torchvision_fcos.py)")
+def _check_torch(python: str) -> tuple[str, str]:
+  """(the Python's path, its torch and torchvision versions); a name such
+  as `python3` is looked up on PATH."""
+  found = python if os.path.exists(python) else shutil.which(python)
+  if found is None:
+    sys.exit(f"--torch_python={python}: no such file or command; create "
+             "the environment first (see bench/anchors/torchvision_fcos.py)")
+  python = found
   proc = subprocess.run(
       [python, "-c", "import torch, torchvision; print(torch.__version__, "
        "torchvision.__version__)"], capture_output=True, text=True,
@@ -111,7 +120,7 @@ def _check_torch(python: str) -> str:
   if proc.returncode:
     sys.exit(f"--torch_python={python} cannot import torch and "
              f"torchvision: {proc.stderr.strip().splitlines()[-1:]}")
-  return proc.stdout.strip()
+  return python, proc.stdout.strip()
 
 
 def main(argv=None) -> int:
@@ -142,18 +151,18 @@ def main(argv=None) -> int:
     return 0
   if not args.torch_python:
     parser.error("--torch_python is required")
-  versions = _check_torch(args.torch_python)
+  torch_python, versions = _check_torch(args.torch_python)
   anchor = os.path.join(ROOT, "bench", "anchors", "torchvision_fcos.py")
   commands = {
       "train": (
           [sys.executable, os.path.join(ROOT, "bench", "train_step.py"),
            "--case=r50_512", f"--steps={args.steps}", "--warmup=1"],
-          [args.torch_python, anchor, "train", "512", "512", "2",
+          [torch_python, anchor, "train", "512", "512", "2",
            f"--steps={args.steps}"]),
       "infer": (
           [sys.executable, os.path.abspath(__file__), "--child=ps_infer",
            f"--infer_hw={ih}x{iw}", f"--steps={args.steps}"],
-          [args.torch_python, anchor, "infer", str(ih), str(iw), "1",
+          [torch_python, anchor, "infer", str(ih), str(iw), "1",
            f"--steps={args.steps}"]),
   }
   modes = [args.only] if args.only else ["train", "infer"]
@@ -173,13 +182,13 @@ def main(argv=None) -> int:
         continue
       what = ("512x512 batch 2 train step" if mode == "train"
               else f"{ih}x{iw} inference per image")
-      print(f"| {r} | {what} | {ours['step_s']:.2f} | "
-            f"{theirs['step_s']:.2f} | "
+      # Three significant digits: seconds on a CPU, milliseconds on a GPU.
+      print(f"| {r} | {what} | {ours['step_s']:.3g} | "
+            f"{theirs['step_s']:.3g} | "
             f"{ours['step_s'] / theirs['step_s']:.2f} | "
             f"{os.getloadavg()[0]:.1f} |", flush=True)
-      print(f"#   steps: ps_jax {[round(t, 2) for t in ours['step_times_s']]}"
-            f", torchvision {[round(t, 2) for t in theirs['step_times_s']]}",
-            flush=True)
+      print(f"#   steps: ps_jax {_fmt(ours['step_times_s'])}, "
+            f"torchvision {_fmt(theirs['step_times_s'])}", flush=True)
   return 0
 
 
